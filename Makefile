@@ -1,0 +1,25 @@
+# `make demo` and `make test` do all set-up on a fresh Debian machine.
+.PHONY: setup demo test faults bench lock clean
+
+VENV := .venv
+BIN := $(VENV)/bin
+
+setup:
+	@bash deploy/setup.sh
+
+demo: setup
+	$(BIN)/loaxa demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python -m bench
+
+# Re-pin after changing dependencies (no URLs are written; uv.lock is not committed).
+lock:
+	uv pip compile --universal pyproject.toml --extra dev \
+	  --override requirements/overrides.txt -o requirements/lock.txt --python-version 3.11
+
+clean:
+	rm -rf $(VENV) .pytest_cache

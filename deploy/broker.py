@@ -1,0 +1,97 @@
+"""Start a real mosquitto on a free loopback port (tests and the demo).
+
+The production broker configuration (TLS, per-station ACL) is ``deploy/mosquitto/hub.conf``;
+this one listens on 127.0.0.1 only.
+"""
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+
+class BrokerError(Exception):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def find_mosquitto() -> str | None:
+    return shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None)
+
+
+class Mosquitto:
+    def __init__(self, workdir: str | os.PathLike[str], *, port: int | None = None,
+                 persistence: bool = False, extra: str = "") -> None:
+        exe = find_mosquitto()
+        if exe is None:
+            raise BrokerError("mosquitto is not installed (Debian: apt-get install mosquitto)")
+        self.exe = exe
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.persistence = persistence
+        self.extra = extra
+        self.proc: subprocess.Popen | None = None
+        self.conf = self.dir / "mosquitto.conf"
+        self.log = self.dir / "mosquitto.log"
+
+    def _write_conf(self) -> None:
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            "allow_anonymous true",  # loopback only: tests and the demo
+            f"user {getpass.getuser()}",
+            "log_dest stderr",
+            "log_type error", "log_type warning", "log_type notice",
+            "max_queued_messages 100000",
+            "max_inflight_messages 100",
+            f"persistence {'true' if self.persistence else 'false'}",
+        ]
+        if self.persistence:
+            lines += [f"persistence_location {self.dir}/", "autosave_interval 1"]
+        self.conf.write_text("\n".join(lines) + "\n" + self.extra)
+
+    def start(self, timeout: float = 10.0) -> "Mosquitto":
+        self._write_conf()
+        logf = open(self.log, "ab")
+        self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=logf,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        logf.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BrokerError(f"mosquitto exited {self.proc.returncode}: "
+                                  f"{self.log.read_text(errors='replace')[-500:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.02)  # polling for the port to open, not waiting on a schedule
+        self.stop()
+        raise BrokerError(f"mosquitto did not listen on {self.port} within {timeout}s")
+
+    def stop(self, *, kill: bool = False) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> "Mosquitto":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,1 @@
+"""The hub process: stations, content, schedules, signed bundles, reports."""

@@ -1,0 +1,324 @@
+"""`loaxa hub …`: a few lines per command over the hub's library."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+from audio import AudioError, prepare, synthesize
+from protocol.clock import iso, make_clock
+from protocol.envelope import Signer, public_to_text
+from protocol.topics import BadIdentifier, Topics, check_id
+from schedules import Priority
+from schedules.model import ScheduleError
+
+from . import config as hubconfig
+from .config import HubError
+from .service import HubService
+from .store import HubStore
+from .display import outcome_vi, parse_date, parse_when, show
+
+EVERY = {"hourly": "FREQ=HOURLY", "daily": "FREQ=DAILY", "weekly": "FREQ=WEEKLY",
+         "weekdays": "FREQ=WEEKLY;BYDAY=MO,TU,WE,TH,FR"}
+
+
+def init_hub(home: Path, *, broker_host: str, broker_port: int, prefix: str = "loaxa",
+             protocol: str = "5", quiet: str | None = None, clock: str = "system") -> Signer:
+    home.mkdir(parents=True, exist_ok=True)
+    if (home / "hub.toml").exists() or (home / "hub.key").exists():
+        raise HubError(f"{home} already holds a hub; choose another --home")
+    if quiet:
+        hubconfig.parse_quiet(quiet)
+    hubconfig.write_config(home, broker_host=broker_host, broker_port=broker_port,
+                           prefix=prefix, protocol=protocol, quiet=quiet, clock=clock)
+    signer = Signer.generate("hub")
+    signer.save(home / "hub.key")
+    HubStore(home / "hub.db").close()
+    return signer
+
+
+def add_station(cfg: hubconfig.HubConfig, sid: str, *, name: str, groups: list[str],
+                out: Path, audio_device: str = "default", alsa_config: str | None = None,
+                clock: str = "system") -> Path:
+    """Register a station and write its enrolment folder: station.toml and station.key."""
+    try:
+        check_id(sid, "station")
+        for g in groups:
+            check_id(g, "group")
+    except BadIdentifier as exc:
+        raise HubError(str(exc)) from None
+    hub = Signer.load(cfg.key_path, cfg.hub_id)
+    station = Signer.generate(f"station:{sid}")
+    store = HubStore(cfg.db_path)
+    try:
+        try:
+            store.add_station(sid, name, public_to_text(station.public), groups,
+                              make_clock(cfg.clock).now())
+        except ValueError as exc:
+            raise HubError(str(exc)) from None
+    finally:
+        store.close()
+    out.mkdir(parents=True, exist_ok=True)
+    station.save(out / "station.key")
+    b = cfg.broker
+    text = "\n".join([
+        "[station]", f"id = {json.dumps(sid)}", f"name = {json.dumps(name, ensure_ascii=False)}",
+        f"groups = {json.dumps(groups)}", 'data_dir = "data"', f"clock = {json.dumps(clock)}", "",
+        "[broker]", f"host = {json.dumps(b.host)}", f"port = {b.port}",
+        f'protocol = "{b.protocol}"', f"prefix = {json.dumps(cfg.prefix)}", "",
+        "[keys]", f'hub_public = "{public_to_text(hub.public)}"',
+        f"hub_sender = {json.dumps(cfg.hub_id)}", 'station_key = "station.key"', "",
+        "[audio]", f"device = {json.dumps(audio_device)}", "warmup_ms = 500",
+        *([f"alsa_config = {json.dumps(alsa_config)}"] if alsa_config else []), "",
+        "[hardware]", 'backend = "simulated"', 'amp_relay = "GPIO17"',
+        'amp_power_good = "GPIO27"', "",
+    ])
+    (out / "station.toml").write_text(text, encoding="utf-8")
+    return out / "station.toml"
+
+
+def add_content_file(store: HubStore, path: Path, *, title: str, now, text: str = "",
+                     engine: str = "upload") -> dict:
+    try:
+        p = prepare(path)
+    except AudioError as exc:
+        raise HubError(str(exc)) from None
+    store.add_content(sha=p.sha256, data=p.data, title=title, source=path.name, text=text,
+                      engine=engine, codec=p.codec, duration_ms=p.duration_ms, now=now)
+    return store.content(p.sha256)
+
+
+def add_content_text(store: HubStore, text: str, *, title: str, now, engine: str = "auto",
+                     timeout: float = 10.0) -> dict:
+    import tempfile
+    try:
+        speech = synthesize(text, engine=engine, timeout=timeout)
+    except AudioError as exc:
+        raise HubError(str(exc)) from None
+    with tempfile.NamedTemporaryFile(suffix=f".{speech.fmt}") as f:
+        f.write(speech.data)
+        f.flush()
+        return add_content_file(store, Path(f.name), title=title, now=now, text=speech.text,
+                                engine=speech.engine)
+
+
+def find_content(store: HubStore, ref: str) -> dict:
+    rows = store.q("SELECT * FROM content WHERE sha LIKE ?", [ref.lower() + "%"])
+    if len(rows) != 1:
+        raise HubError(f"nội dung {ref!r}: {'không có' if not rows else 'không rõ'} / "
+                       f"content {ref!r}: {'not found' if not rows else 'ambiguous'}")
+    return rows[0]
+
+
+def check_target(store: HubStore, to: str) -> str:
+    if to == "all":
+        return to
+    kind, _, name = to.partition(":")
+    if not name:
+        kind, name = "station", to
+    if kind == "station" and store.station(name):
+        return f"station:{name}"
+    if kind == "group" and store.group_exists(name):
+        return f"group:{name}"
+    raise HubError(f"đích {to!r} không tồn tại / unknown target: use all, group:ID or station:ID")
+
+
+def announce(store: HubStore, *, content: dict, when, priority: Priority, target: str,
+             every: str | None, valid_from=None, valid_until=None, late_start_s: int = 300,
+             title: str = "", now) -> str:
+    from schedules import Item
+    rrule = EVERY.get(every, every) if every else None
+    item_id = uuid.uuid4().hex[:12]
+    try:  # validate with the same code the station runs
+        Item(item_id, content["sha"], content["duration_ms"], priority, when, rrule=rrule,
+             valid_from=valid_from, valid_until=valid_until, late_start_s=late_start_s)
+    except ScheduleError as exc:
+        raise HubError(str(exc)) from None
+    store.add_item({"id": item_id, "content_sha": content["sha"], "title": title or content["title"],
+                    "priority": int(priority), "start": iso(when), "rrule": rrule,
+                    "valid_from": iso(valid_from) if valid_from else None,
+                    "valid_until": iso(valid_until) if valid_until else None,
+                    "late_start_s": late_start_s, "target": target, "created_at": iso(now),
+                    "cancelled_at": None})
+    return item_id
+
+
+def status_rows(store: HubStore) -> list[dict]:
+    rows = []
+    for st in store.stations():
+        s = store.state(st["id"]) or {}
+        latest = store.latest_bundle(st["id"])
+        last = store.q("SELECT * FROM playbacks WHERE station_id = ? ORDER BY seq DESC LIMIT 1",
+                       [st["id"]])
+        rows.append({"id": st["id"], "name": st["name"], "online": bool(s.get("online")),
+                     "since": s.get("since"), "desired": latest["version"] if latest else 0,
+                     "active": s.get("active_version") or 0,
+                     "missing": [m for m in (s.get("missing") or "").split(",") if m],
+                     "last_seen": s.get("last_seen"), "last_play": last[0] if last else None})
+    return rows
+
+
+def render_status(rows: list[dict]) -> str:
+    head = ["Trạm", "Tên", "Kết nối", "Từ lúc", "Bản phát (hub/trạm)", "Thiếu âm thanh",
+            "Lần phát gần nhất"]
+    table = [head]
+    for r in rows:
+        lp = r["last_play"]
+        table.append([
+            r["id"], r["name"], "trực tuyến" if r["online"] else "mất kết nối", show(r["since"]),
+            f"{r['desired']}/{r['active']}", str(len(r["missing"])) if r["missing"] else "0",
+            f"{outcome_vi(lp['outcome'])} {show(lp['started_at'] or lp['scheduled_at'])}" if lp else "—",
+        ])
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in table)
+
+
+# -- argparse wiring -------------------------------------------------------------------------
+
+def register(sub: argparse._SubParsersAction) -> None:
+    hub = sub.add_parser("hub", help="the district/province hub")
+    hub.add_argument("--home", type=Path, default=hubconfig.default_home(),
+                     help="hub folder (default $LOAXA_HUB_HOME or ~/.local/share/loaxa/hub)")
+    hs = hub.add_subparsers(dest="hub_cmd", required=True)
+
+    p = hs.add_parser("init", help="create the database and the hub's signing key")
+    p.add_argument("--broker-host", default="127.0.0.1")
+    p.add_argument("--broker-port", type=int, default=1883)
+    p.add_argument("--prefix", default="loaxa")
+    p.add_argument("--quiet-hours", help="HH:MM-HH:MM in which only khẩn cấp plays")
+    p.set_defaults(fn=cmd_init)
+
+    p = hs.add_parser("station", help="stations")
+    ss = p.add_subparsers(dest="station_cmd", required=True)
+    a = ss.add_parser("add", help="register a station and write its enrolment folder")
+    a.add_argument("id")
+    a.add_argument("--name", required=True)
+    a.add_argument("--group", action="append", default=[])
+    a.add_argument("--out", type=Path, help="enrolment folder (default HOME/stations/ID)")
+    a.set_defaults(fn=cmd_station_add)
+
+    p = hs.add_parser("content", help="audio content")
+    cs = p.add_subparsers(dest="content_cmd", required=True)
+    a = cs.add_parser("add", help="prepare an audio file and store it by SHA-256")
+    a.add_argument("file", type=Path)
+    a.add_argument("--title")
+    a.set_defaults(fn=cmd_content_add)
+
+    p = hs.add_parser("announce", help="schedule content or spoken text")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--content", help="content SHA-256 (a unique prefix is enough)")
+    what.add_argument("--text", help="Vietnamese text, spoken by TTS")
+    p.add_argument("--at", default="+1m", help="dd/mm/yyyy HH:MM, HH:MM, +30s, now")
+    p.add_argument("--every", help="hourly, daily, weekly, weekdays or an RFC 5545 RRULE")
+    p.add_argument("--from", dest="valid_from", help="campaign start, dd/mm/yyyy")
+    p.add_argument("--until", dest="valid_until", help="campaign end (inclusive), dd/mm/yyyy")
+    p.add_argument("--priority", default="thong-thuong",
+                   help="thong-thuong, uu-tien or khan-cap")
+    p.add_argument("--to", default="all", help="all, group:ID or station:ID")
+    p.add_argument("--late-start", type=int, default=300, help="seconds it may still start late")
+    p.add_argument("--title", default="")
+    p.add_argument("--tts", default="auto", choices=["auto", "gtts", "espeak-ng"])
+    p.set_defaults(fn=cmd_announce)
+
+    p = hs.add_parser("status", help="every station's state")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_status)
+
+    p = hs.add_parser("serve", help="run the hub")
+    p.set_defaults(fn=cmd_serve)
+
+
+def cmd_init(args) -> int:
+    init_hub(args.home, broker_host=args.broker_host, broker_port=args.broker_port,
+             prefix=args.prefix, quiet=args.quiet_hours)
+    print(f"Đã tạo hub tại {args.home} / hub created (key {args.home / 'hub.key'}, mode 0600)")
+    return 0
+
+
+def cmd_station_add(args) -> int:
+    cfg = hubconfig.load(args.home)
+    out = args.out or args.home / "stations" / args.id
+    path = add_station(cfg, args.id, name=args.name, groups=args.group, out=out)
+    print(f"Đã thêm trạm {args.id}; gói đăng ký / enrolment: {path.parent}")
+    return 0
+
+
+def _store(args) -> tuple[hubconfig.HubConfig, HubStore]:
+    cfg = hubconfig.load(args.home)
+    return cfg, HubStore(cfg.db_path)
+
+
+def cmd_content_add(args) -> int:
+    cfg, store = _store(args)
+    with as_closing(store):
+        c = add_content_file(store, args.file, title=args.title or args.file.stem,
+                             now=make_clock(cfg.clock).now())
+    print(f"{c['sha']}  {c['duration_ms'] / 1000:.1f} s  {c['size']} B  {c['title']}")
+    return 0
+
+
+def cmd_announce(args) -> int:
+    cfg, store = _store(args)
+    with as_closing(store):
+        now = make_clock(cfg.clock).now()
+        try:
+            priority = Priority.parse(args.priority)
+        except ScheduleError as exc:
+            raise HubError(str(exc)) from None
+        target = check_target(store, args.to)
+        when = parse_when(args.at, now)
+        if args.text:
+            content = add_content_text(store, args.text, title=args.title or args.text[:60],
+                                       now=now, engine=args.tts)
+        else:
+            content = find_content(store, args.content)
+        vf = parse_date(args.valid_from) if args.valid_from else None
+        vu = parse_date(args.valid_until, end=True) if args.valid_until else None
+        item = announce(store, content=content, when=when, priority=priority, target=target,
+                        every=args.every, valid_from=vf, valid_until=vu,
+                        late_start_s=args.late_start, title=args.title, now=now)
+    print(f"Đã lên lịch {item}: {show(when)} ({priority.label_vi}) → {target}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    cfg, store = _store(args)
+    with as_closing(store):
+        rows = status_rows(store)
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False, indent=1))
+    else:
+        print(render_status(rows))
+    return 0
+
+
+def cmd_serve(args) -> int:
+    cfg, store = _store(args)
+    signer = Signer.load(cfg.key_path, cfg.hub_id)
+    svc = HubService(store=store, signer=signer, topics=Topics(cfg.prefix), broker=cfg.broker,
+                     clock=make_clock(cfg.clock), quiet=cfg.quiet)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    logging.getLogger("loaxa").info("hub serving %s on %r", args.home, cfg.broker)
+    try:
+        svc.run(stop)
+    finally:
+        store.close()
+    return 0
+
+
+class as_closing:
+    def __init__(self, store: HubStore) -> None:
+        self.store = store
+
+    def __enter__(self) -> HubStore:
+        return self.store
+
+    def __exit__(self, *exc) -> None:
+        self.store.close()

@@ -1,0 +1,88 @@
+"""Schedule items -> one signed programme bundle per station.
+
+A bundle holds every rule that concerns the station (recurrences stay rules; the station
+expands them with the same ``schedules`` code) and the audio they need, by SHA-256. A new
+version is issued only when the station's programme changes, or when the signed bundle is
+about to expire.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from protocol.clock import iso, parse_iso
+from protocol.envelope import Signer, canonical, seal
+from schedules import Item, Priority
+from schedules.model import QuietHours
+
+from .store import HubStore
+
+log = logging.getLogger("loaxa.planner")
+BUNDLE_TTL = timedelta(days=30)
+REISSUE_BEFORE = timedelta(days=7)
+KEEP_PAST = timedelta(days=1)
+
+
+def item_from_row(r: dict[str, Any], duration_ms: int) -> Item:
+    return Item(
+        id=r["id"], content=r["content_sha"], duration_ms=duration_ms,
+        priority=Priority(r["priority"]), start=parse_iso(r["start"]), rrule=r["rrule"] or None,
+        valid_from=parse_iso(r["valid_from"]) if r["valid_from"] else None,
+        valid_until=parse_iso(r["valid_until"]) if r["valid_until"] else None,
+        late_start_s=r["late_start_s"], title=r["title"] or "",
+    )
+
+
+def targets(target: str, sid: str, groups: list[str]) -> bool:
+    kind, _, name = target.partition(":")
+    return (target == "all" or (kind == "station" and name == sid)
+            or (kind == "group" and name in groups))
+
+
+def still_relevant(item: Item, now: datetime) -> bool:
+    if item.valid_until and item.valid_until < now - KEEP_PAST:
+        return False
+    if item.rrule:
+        return True
+    return item.start + item.duration + timedelta(seconds=item.late_start_s) > now - KEEP_PAST
+
+
+def programme(store: HubStore, sid: str, now: datetime,
+              quiet: QuietHours | None) -> dict[str, Any]:
+    """The desired programme of one station (unsigned, without version)."""
+    groups = store.station_groups(sid)
+    items, content = [], {}
+    for r in store.items():
+        if not targets(r["target"], sid, groups):
+            continue
+        c = store.content(r["content_sha"])
+        if c is None:
+            continue
+        item = item_from_row(r, c["duration_ms"])
+        if not still_relevant(item, now):
+            continue
+        items.append(item.to_wire())
+        content[c["sha"]] = {"size": c["size"], "duration_ms": c["duration_ms"],
+                             "codec": c["codec"]}
+    items.sort(key=lambda d: (d["start"], d["id"]))
+    return {"station": sid, "items": items, "content": content,
+            "quiet_hours": quiet.to_wire() if quiet else None, "tz": "Asia/Ho_Chi_Minh"}
+
+
+def plan_station(store: HubStore, signer: Signer, sid: str, now: datetime,
+                 quiet: QuietHours | None) -> bytes | None:
+    """Issue a new bundle for ``sid`` if its programme changed; return it, else None."""
+    prog = programme(store, sid, now, quiet)
+    digest = hashlib.sha256(canonical(prog)).hexdigest()
+    latest = store.latest_bundle(sid)
+    if latest and latest["digest"] == digest and \
+            parse_iso(latest["expires_at"]) - now > REISSUE_BEFORE:
+        return None
+    version = (latest["version"] if latest else 0) + 1
+    body = {**prog, "version": version}
+    raw = seal("bundle", body, signer=signer, seq=version, now=now, ttl=BUNDLE_TTL)
+    store.add_bundle(sid, version, digest, now, now + BUNDLE_TTL, raw)
+    log.info("bundle %s v%d: %d items", sid, version, len(prog["items"]))
+    return raw

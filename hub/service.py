@@ -1,0 +1,221 @@
+"""`loaxa hub serve`: publishes bundles, serves audio, ingests and acknowledges reports.
+
+paho's thread only queues messages; this service's own thread does everything else.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from datetime import timedelta
+from typing import Any
+
+from protocol import chunks
+from protocol.clock import Clock, iso
+from protocol.envelope import KeyRing, Reason, Refused, Signer, public_from_text, seal, verify
+from protocol.mqtt import BrokerConfig, Inbound, MqttLink, Will
+from protocol.topics import Topics
+from schedules.model import QuietHours
+
+from . import planner
+from .store import HubStore
+
+log = logging.getLogger("loaxa.hub")
+MAX_EVENTS_PER_REPORT = 500
+REPLAN_EVERY_S = 30.0
+_CONNECTED = Inbound("$local/connected", b"", False)
+
+
+class HubService:
+    def __init__(self, *, store: HubStore, signer: Signer, topics: Topics, broker: BrokerConfig,
+                 clock: Clock, quiet: QuietHours | None = None) -> None:
+        self.store = store
+        self.signer = signer
+        self.topics = topics
+        self.clock = clock
+        self.quiet = quiet
+        self.counters: dict[str, int] = {}
+        self._rings: dict[str, KeyRing] = {}
+        self._data_version: int | None = None
+        self._last_plan = -1e9
+        self.link = MqttLink(
+            client_id=f"hub-{signer.sender}", broker=broker,
+            subscriptions=topics.hub_subscriptions(), will=self._will,
+            on_connected=lambda _: self.link.inbox.put(_CONNECTED),
+        )
+
+    def _seal(self, kind: str, body: dict[str, Any], ttl: timedelta, seq: int = 0) -> bytes:
+        return seal(kind, body, signer=self.signer, seq=seq, now=self.clock.now(), ttl=ttl)
+
+    def _will(self, bdseq: int) -> Will:
+        return Will(self.topics.hub_state(),
+                    self._seal("hub_state", {"online": False}, timedelta(days=30), bdseq))
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        self.link.start()
+
+    def stop(self) -> None:
+        self.link.stop()
+
+    def run(self, stop: threading.Event) -> None:
+        self.start()
+        try:
+            while not stop.is_set():
+                self.step(wait=0.1)
+        finally:
+            self.stop()
+
+    def step(self, wait: float = 0.0) -> None:
+        try:
+            msg = self.link.inbox.get(timeout=wait) if wait else self.link.inbox.get_nowait()
+        except queue.Empty:
+            msg = None
+        n = 0
+        while msg is not None and n < 500:
+            self.handle(msg)
+            n += 1
+            try:
+                msg = self.link.inbox.get_nowait()
+            except queue.Empty:
+                msg = None
+        self.replan_if_changed()
+
+    # -- planning --------------------------------------------------------------------------
+    def replan_if_changed(self, force: bool = False) -> int:
+        dv = self.store.data_version()
+        mono = self.clock.monotonic()
+        if not force and dv == self._data_version and mono - self._last_plan < REPLAN_EVERY_S:
+            return 0
+        self._data_version, self._last_plan = dv, mono
+        issued = 0
+        now = self.clock.now()
+        for st in self.store.stations():
+            raw = planner.plan_station(self.store, self.signer, st["id"], now, self.quiet)
+            if raw is not None:
+                issued += 1
+                self.link.publish(self.topics.bundle(st["id"]), raw, retain=True)
+        self._data_version = self.store.data_version()
+        return issued
+
+    def _republish_bundles(self) -> None:
+        """On every connect: the broker may have lost retained bundles (restart without
+        persistence), so publish each station's latest again; stations ignore duplicates."""
+        self.link.publish(self.topics.hub_state(), self._seal(
+            "hub_state", {"online": True, "time": iso(self.clock.now())}, timedelta(days=30),
+            self.link.bdseq), retain=True)
+        for st in self.store.stations():
+            latest = self.store.latest_bundle(st["id"])
+            if latest:
+                self.link.publish(self.topics.bundle(st["id"]), latest["raw"].encode("utf-8"),
+                                  retain=True)
+
+    # -- incoming --------------------------------------------------------------------------
+    def _ring(self, sid: str) -> KeyRing | None:
+        ring = self._rings.get(sid)
+        if ring is None:
+            st = self.store.station(sid)
+            if st is None:
+                return None
+            ring = KeyRing()
+            ring.add(public_from_text(st["public_key"]), f"station:{sid}")
+            self._rings[sid] = ring
+        return ring
+
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    def handle(self, msg: Inbound) -> None:
+        if msg is _CONNECTED:
+            self._republish_bundles()
+            return
+        parsed = self.topics.parse_station_topic(msg.topic)
+        if parsed is None:
+            self._count("ignored.topic")
+            return
+        sid, leaf = parsed
+        now = self.clock.now()
+        try:
+            ring = self._ring(sid)
+            if ring is None:
+                raise Refused(Reason.UNKNOWN_KEY, f"unknown station {sid!r}")
+            if leaf == "state":
+                self._on_state(sid, msg.payload, ring)
+                return
+            env = verify(msg.payload, ring, now=now, sender=f"station:{sid}")
+            if leaf == "events" and env.kind == "report":
+                self._on_report(sid, env.body)
+            elif leaf == "fetch" and env.kind == "fetch":
+                self._on_fetch(sid, env.body)
+            else:
+                raise Refused(Reason.WRONG_KIND, f"{env.kind} on {leaf}")
+        except Refused as r:
+            self._count(f"refused.{r.reason.value}")
+            log.warning("refused %s from %s: %s", leaf, sid, r)
+            self.store.record_refusal(now, sid, msg.topic, r.reason.value, r.detail)
+        except Exception as exc:
+            self._count("errors")
+            log.exception("handling %s failed", msg.topic)
+            self.store.record_refusal(now, sid, msg.topic, "error", f"{type(exc).__name__}: {exc}")
+
+    def _on_state(self, sid: str, raw: bytes, ring: KeyRing) -> None:
+        if not raw:  # a cleared retained message
+            return
+        # no expiry check for presence: a will is signed when its connection opens
+        env = verify(raw, ring, now=self.clock.now() - timedelta(days=3650),
+                     kind="state", sender=f"station:{sid}")
+        now = self.clock.now()
+        cur = self.store.state(sid) or {}
+        cur_bdseq = cur.get("bdseq") or 0
+        body = env.body
+        if body.get("online") is True:
+            if env.seq < cur_bdseq:
+                self._count("stale.birth")
+                return
+            since = cur.get("since") if cur.get("online") and env.seq == cur_bdseq else iso(now)
+            self.store.set_state(
+                sid, online=1, since=since, bdseq=env.seq, last_seen=iso(now),
+                held_version=int(body.get("held_version") or 0),
+                active_version=int(body.get("active_version") or 0),
+                missing=",".join(body.get("missing") or []), station_clock=body.get("clock"))
+        else:
+            if env.seq < cur_bdseq:  # the will of an older connection, after a fresh birth
+                self._count("stale.will")
+                log.info("ignored stale will of %s (bdseq %d < %d)", sid, env.seq, cur_bdseq)
+                return
+            self.store.set_state(sid, online=0, since=iso(now), bdseq=env.seq)
+
+    def _on_report(self, sid: str, body: dict[str, Any]) -> None:
+        events = body.get("events")
+        if not isinstance(events, list) or not 0 < len(events) <= MAX_EVENTS_PER_REPORT:
+            raise Refused(Reason.MALFORMED, "report without 1-500 events")
+        for e in events:
+            if not (isinstance(e, dict) and isinstance(e.get("seq"), int) and e["seq"] > 0
+                    and isinstance(e.get("kind"), str) and isinstance(e.get("at"), str)
+                    and isinstance(e.get("data"), dict)):
+                raise Refused(Reason.MALFORMED, "an event lacks seq, kind, at or data")
+        stored = self.store.store_events(sid, events, self.clock.now())
+        self._apply_events(sid, events)
+        # acknowledged only after the commit above
+        self.link.publish(self.topics.ack(sid), self._seal("ack", {"seqs": stored},
+                                                            timedelta(days=1)))
+
+    def _apply_events(self, sid: str, events: list[dict[str, Any]]) -> None:
+        for e in events:
+            if e["kind"] == "bundle.activated":
+                v = e["data"].get("version")
+                cur = self.store.state(sid) or {}
+                if isinstance(v, int) and v > (cur.get("active_version") or 0):
+                    self.store.set_state(sid, active_version=v, missing="")
+
+    def _on_fetch(self, sid: str, body: dict[str, Any]) -> None:
+        sha, offset = body.get("sha"), body.get("offset", 0)
+        if not (isinstance(sha, str) and chunks.SHA_RE.match(sha) and isinstance(offset, int)
+                and offset >= 0):
+            raise Refused(Reason.MALFORMED, "fetch needs a sha and an offset")
+        if self.store.content(sha) is None:
+            raise Refused(Reason.MALFORMED, f"no content {sha[:12]}")
+        blob = self.store.content_path(sha).read_bytes()
+        for raw in chunks.iter_chunks(sha, blob, start=min(offset, len(blob))):
+            self.link.publish(self.topics.audio(sid), raw)
+        self._count("audio.served")

@@ -1,0 +1,193 @@
+"""The hub's database (SQLite through sqlite-utils, registered migrations)."""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from protocol.clock import iso
+from protocol.storage import Migrations, open_db
+
+migrations = Migrations("hub")
+
+
+@migrations
+def m001_initial(db) -> None:
+    db["stations"].create({"id": str, "name": str, "public_key": str, "created_at": str},
+                          pk="id")
+    db["groups"].create({"id": str, "name": str}, pk="id")
+    db["station_groups"].create({"station_id": str, "group_id": str},
+                                pk=("station_id", "group_id"),
+                                foreign_keys=[("station_id", "stations"), ("group_id", "groups")])
+    db["content"].create({"sha": str, "title": str, "source": str, "text": str, "engine": str,
+                          "codec": str, "size": int, "duration_ms": int, "created_at": str},
+                         pk="sha")
+    db["schedule_items"].create({
+        "id": str, "content_sha": str, "title": str, "priority": int, "start": str,
+        "rrule": str, "valid_from": str, "valid_until": str, "late_start_s": int,
+        "target": str, "created_at": str, "cancelled_at": str,
+    }, pk="id", foreign_keys=[("content_sha", "content")])
+    db["bundles"].create({"station_id": str, "version": int, "digest": str, "issued_at": str,
+                          "expires_at": str, "raw": str}, pk=("station_id", "version"))
+    db["station_state"].create({
+        "station_id": str, "online": int, "since": str, "bdseq": int, "held_version": int,
+        "active_version": int, "missing": str, "last_seen": str, "station_clock": str,
+    }, pk="station_id")
+    db["events"].create({"station_id": str, "seq": int, "kind": str, "at": str, "data": str,
+                         "received_at": str}, pk=("station_id", "seq"))
+    db["playbacks"].create({
+        "station_id": str, "seq": int, "occurrence": str, "item_id": str, "content_sha": str,
+        "scheduled_at": str, "started_at": str, "ended_at": str, "outcome": str,
+        "detail": str, "received_at": str,
+    }, pk=("station_id", "seq"))
+    db["playbacks"].create_index(["occurrence"])
+    db["refusals"].create({"id": int, "at": str, "station_id": str, "topic": str,
+                           "reason": str, "detail": str}, pk="id")
+    db["settings"].create({"key": str, "value": str}, pk="key")
+
+
+class HubStore:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.content_dir = self.path.parent / "content"
+        self.content_dir.mkdir(parents=True, exist_ok=True)
+        self.db = open_db(self.path)
+        migrations.apply(self.db)
+        self.lock = threading.RLock()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits (cheap change detection)."""
+        return self.db.execute("PRAGMA data_version").fetchone()[0]
+
+    def q(self, sql: str, params: list | tuple = ()) -> list[dict[str, Any]]:
+        cur = self.db.execute(sql, list(params))
+        cols = [c[0] for c in cur.description]
+        return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+    # -- settings --------------------------------------------------------------------------
+    def setting(self, key: str, default: str | None = None) -> str | None:
+        row = self.db.execute("SELECT value FROM settings WHERE key = ?", [key]).fetchone()
+        return row[0] if row else default
+
+    def set_setting(self, key: str, value: str) -> None:
+        with self.db.atomic():
+            self.db["settings"].upsert({"key": key, "value": value}, pk="key")
+
+    # -- stations and groups ---------------------------------------------------------------
+    def add_station(self, sid: str, name: str, public_key: str, groups: list[str],
+                    now: datetime) -> None:
+        with self.lock, self.db.atomic():
+            if self.db.execute("SELECT 1 FROM stations WHERE id = ?", [sid]).fetchone():
+                raise ValueError(f"station {sid} already exists")
+            self.db["stations"].insert({"id": sid, "name": name, "public_key": public_key,
+                                        "created_at": iso(now)})
+            for g in groups:
+                self.db["groups"].insert({"id": g, "name": g}, ignore=True)
+                self.db["station_groups"].insert({"station_id": sid, "group_id": g})
+
+    def station(self, sid: str) -> dict[str, Any] | None:
+        rows = self.q("SELECT * FROM stations WHERE id = ?", [sid])
+        return rows[0] if rows else None
+
+    def stations(self) -> list[dict[str, Any]]:
+        return self.q("SELECT * FROM stations ORDER BY id")
+
+    def station_groups(self, sid: str) -> list[str]:
+        return [r["group_id"] for r in self.q(
+            "SELECT group_id FROM station_groups WHERE station_id = ?", [sid])]
+
+    def group_exists(self, gid: str) -> bool:
+        return bool(self.q("SELECT 1 FROM groups WHERE id = ?", [gid]))
+
+    # -- content ---------------------------------------------------------------------------
+    def content_path(self, sha: str) -> Path:
+        return self.content_dir / f"{sha}.opus"
+
+    def add_content(self, *, sha: str, data: bytes, title: str, source: str, text: str,
+                    engine: str, codec: str, duration_ms: int, now: datetime) -> bool:
+        """Store prepared audio (crash-safe) and its record; False if it was already there."""
+        path = self.content_path(sha)
+        if not path.exists():
+            tmp = path.with_suffix(".tmp")
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        with self.lock, self.db.atomic():
+            if self.q("SELECT 1 FROM content WHERE sha = ?", [sha]):
+                return False
+            self.db["content"].insert({"sha": sha, "title": title, "source": source,
+                                       "text": text, "engine": engine, "codec": codec,
+                                       "size": len(data), "duration_ms": duration_ms,
+                                       "created_at": iso(now)})
+            return True
+
+    def content(self, sha: str) -> dict[str, Any] | None:
+        rows = self.q("SELECT * FROM content WHERE sha = ?", [sha])
+        return rows[0] if rows else None
+
+    # -- schedule items --------------------------------------------------------------------
+    def add_item(self, row: dict[str, Any]) -> None:
+        with self.lock, self.db.atomic():
+            self.db["schedule_items"].insert(row)
+
+    def items(self) -> list[dict[str, Any]]:
+        return self.q("SELECT * FROM schedule_items WHERE cancelled_at IS NULL ORDER BY start")
+
+    # -- bundles ---------------------------------------------------------------------------
+    def latest_bundle(self, sid: str) -> dict[str, Any] | None:
+        rows = self.q("SELECT * FROM bundles WHERE station_id = ? ORDER BY version DESC LIMIT 1",
+                      [sid])
+        return rows[0] if rows else None
+
+    def add_bundle(self, sid: str, version: int, digest: str, issued: datetime,
+                   expires: datetime, raw: bytes) -> None:
+        with self.lock, self.db.atomic():
+            self.db["bundles"].insert({"station_id": sid, "version": version, "digest": digest,
+                                       "issued_at": iso(issued), "expires_at": iso(expires),
+                                       "raw": raw.decode("utf-8")})
+
+    # -- reports ---------------------------------------------------------------------------
+    def store_events(self, sid: str, events: list[dict[str, Any]], now: datetime) -> list[int]:
+        """Insert a station's events once each (dedup on (station, seq)) in one transaction;
+        return every seq now stored, new or seen before, so all can be acknowledged."""
+        stored: list[int] = []
+        with self.lock, self.db.atomic():
+            for e in events:
+                cur = self.db.execute(
+                    "INSERT OR IGNORE INTO events(station_id, seq, kind, at, data, received_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    [sid, e["seq"], e["kind"], e["at"], json.dumps(e["data"], ensure_ascii=False),
+                     iso(now)])
+                stored.append(e["seq"])
+                if cur.rowcount and e["kind"] == "playback":
+                    d = e["data"]
+                    self.db.execute(
+                        "INSERT INTO playbacks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [sid, e["seq"], d.get("occurrence"), d.get("item"), d.get("content"),
+                         d.get("scheduled"), d.get("started"), d.get("ended"), d.get("outcome"),
+                         d.get("detail", ""), iso(now)])
+            self.db.execute("UPDATE station_state SET last_seen = ? WHERE station_id = ?",
+                            [iso(now), sid])
+        return stored
+
+    def record_refusal(self, now: datetime, sid: str | None, topic: str, reason: str,
+                       detail: str) -> None:
+        with self.lock, self.db.atomic():
+            self.db["refusals"].insert({"at": iso(now), "station_id": sid, "topic": topic,
+                                        "reason": reason, "detail": detail[:500]})
+
+    def state(self, sid: str) -> dict[str, Any] | None:
+        rows = self.q("SELECT * FROM station_state WHERE station_id = ?", [sid])
+        return rows[0] if rows else None
+
+    def set_state(self, sid: str, **fields: Any) -> None:
+        with self.lock, self.db.atomic():
+            self.db["station_state"].upsert({"station_id": sid, **fields}, pk="station_id")

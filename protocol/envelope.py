@@ -1,0 +1,263 @@
+"""Signed message envelopes (see docs/protocol.md).
+
+An envelope is a JSON object::
+
+    {"v": 1, "id": "<uuid4 hex>", "kind": "bundle", "sender": "hub", "kid": "<key id>",
+     "iat": "2026-11-24T10:00:00.000Z", "exp": "2026-11-25T10:00:00.000Z", "seq": 7,
+     "body": {...}, "sig": "<base64url Ed25519 signature>"}
+
+The signature covers the canonical encoding of every field except ``sig``: UTF-8 JSON with
+sorted keys, no insignificant white space, non-ASCII characters as themselves. Floats are
+not allowed anywhere (their text form differs between languages): use integers
+(milliseconds, bytes).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import Enum
+from pathlib import Path
+from typing import Any, Mapping
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from .clock import iso, parse_iso
+
+SCHEMA_VERSION = 1
+MAX_MESSAGE_BYTES = 256 * 1024
+FIELDS = {"v", "id", "kind", "sender", "kid", "iat", "exp", "seq", "body", "sig"}
+
+
+class Reason(str, Enum):
+    OVERSIZE = "oversize"
+    MALFORMED = "malformed"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    UNKNOWN_KEY = "unknown_key"
+    BAD_SIGNATURE = "bad_signature"
+    EXPIRED = "expired"
+    REPLAYED = "replayed"
+    WRONG_KIND = "wrong_kind"
+    WRONG_SENDER = "wrong_sender"
+    BAD_AUDIO = "bad_audio"
+
+
+class Refused(Exception):
+    """A message was not accepted. ``reason`` is one of ``Reason``; ``detail`` is for people."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+# -- keys ------------------------------------------------------------------------------------
+
+def key_id(public: Ed25519PublicKey) -> str:
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def public_to_text(public: Ed25519PublicKey) -> str:
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode("ascii")
+
+
+def public_from_text(text: str) -> Ed25519PublicKey:
+    try:
+        raw = base64.b64decode(text.strip(), validate=True)
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"not an Ed25519 public key: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Signer:
+    """A private key with the identity it signs as."""
+
+    private: Ed25519PrivateKey
+    sender: str
+
+    @property
+    def public(self) -> Ed25519PublicKey:
+        return self.private.public_key()
+
+    @property
+    def kid(self) -> str:
+        return key_id(self.public)
+
+    @classmethod
+    def generate(cls, sender: str) -> "Signer":
+        return cls(Ed25519PrivateKey.generate(), sender)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the private key as PKCS#8 PEM, readable by the owner only."""
+        pem = self.private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        p = Path(path)
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], sender: str) -> "Signer":
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"{path}: not an Ed25519 private key")
+        return cls(key, sender)
+
+    def __repr__(self) -> str:  # never print key material
+        return f"Signer(sender={self.sender!r}, kid={self.kid!r})"
+
+
+class KeyRing:
+    """Public keys a verifier trusts, by key id, each bound to the sender it may sign as."""
+
+    def __init__(self) -> None:
+        self._keys: dict[str, tuple[Ed25519PublicKey, str]] = {}
+
+    def add(self, public: Ed25519PublicKey, sender: str) -> str:
+        kid = key_id(public)
+        self._keys[kid] = (public, sender)
+        return kid
+
+    def get(self, kid: str) -> tuple[Ed25519PublicKey, str] | None:
+        return self._keys.get(kid)
+
+
+# -- encoding --------------------------------------------------------------------------------
+
+def _reject_floats(value: Any, path: str = "$") -> None:
+    if isinstance(value, float):
+        raise TypeError(f"float at {path}: use integers on the wire")
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"non-string key at {path}")
+            _reject_floats(v, f"{path}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _reject_floats(v, f"{path}[{i}]")
+
+
+def canonical(obj: Mapping[str, Any]) -> bytes:
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+@dataclass(frozen=True)
+class Envelope:
+    v: int
+    id: str
+    kind: str
+    sender: str
+    kid: str
+    iat: datetime
+    exp: datetime
+    seq: int
+    body: dict[str, Any]
+
+
+def seal(
+    kind: str, body: Mapping[str, Any], *, signer: Signer, seq: int, now: datetime,
+    ttl: timedelta, msg_id: str | None = None,
+) -> bytes:
+    _reject_floats(body)
+    doc: dict[str, Any] = {
+        "v": SCHEMA_VERSION, "id": msg_id or uuid.uuid4().hex, "kind": kind,
+        "sender": signer.sender, "kid": signer.kid, "iat": iso(now), "exp": iso(now + ttl),
+        "seq": int(seq), "body": dict(body),
+    }
+    sig = signer.private.sign(canonical(doc))
+    doc["sig"] = base64.urlsafe_b64encode(sig).decode("ascii")
+    raw = canonical(doc)
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise ValueError(f"{kind} message is {len(raw)} bytes, over {MAX_MESSAGE_BYTES}")
+    return raw
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def parse(raw: bytes) -> dict[str, Any]:
+    """Size and shape checks only (no signature): a dict with every envelope field typed."""
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise Refused(Reason.OVERSIZE, f"{len(raw)} bytes, limit {MAX_MESSAGE_BYTES}")
+    try:
+        doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys,
+                         parse_float=_float_refused)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise Refused(Reason.MALFORMED, f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise Refused(Reason.MALFORMED, "not a JSON object")
+    if set(doc) != FIELDS:
+        missing, extra = FIELDS - set(doc), set(doc) - FIELDS
+        raise Refused(Reason.MALFORMED, f"fields missing {sorted(missing)} extra {sorted(extra)}")
+    types = {"v": int, "id": str, "kind": str, "sender": str, "kid": str, "iat": str,
+             "exp": str, "seq": int, "body": dict, "sig": str}
+    for name, typ in types.items():
+        if not isinstance(doc[name], typ) or isinstance(doc[name], bool) and typ is int:
+            raise Refused(Reason.MALFORMED, f"field {name!r} must be {typ.__name__}")
+    if doc["v"] != SCHEMA_VERSION:
+        raise Refused(Reason.UNSUPPORTED_VERSION, f"schema version {doc['v']}")
+    return doc
+
+
+def _float_refused(text: str) -> float:
+    raise ValueError(f"float {text} not allowed")
+
+
+def verify(
+    raw: bytes, keys: KeyRing, *, now: datetime, kind: str | None = None,
+    sender: str | None = None, min_seq: int | None = None,
+) -> Envelope:
+    """Return the envelope or raise ``Refused`` with the first reason it fails.
+
+    Order: oversize, malformed, version, unknown key, bad signature, kind/sender, expired,
+    replayed (``seq < min_seq``). A message's own claims are trusted only after its
+    signature checks out.
+    """
+    doc = parse(raw)
+    entry = keys.get(doc["kid"])
+    if entry is None:
+        raise Refused(Reason.UNKNOWN_KEY, f"key {doc['kid'][:16]!r} is not trusted")
+    public, bound_sender = entry
+    try:
+        sig = base64.urlsafe_b64decode(doc["sig"].encode("ascii"))
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        raise Refused(Reason.MALFORMED, "signature is not base64url") from None
+    signed = {k: v for k, v in doc.items() if k != "sig"}
+    try:
+        public.verify(sig, canonical(signed))
+    except InvalidSignature:
+        raise Refused(Reason.BAD_SIGNATURE, f"{doc['kind']} from {doc['sender']!r}") from None
+    if doc["sender"] != bound_sender or (sender is not None and doc["sender"] != sender):
+        raise Refused(Reason.WRONG_SENDER, f"signed as {doc['sender']!r}")
+    if kind is not None and doc["kind"] != kind:
+        raise Refused(Reason.WRONG_KIND, f"expected {kind}, got {doc['kind']}")
+    try:
+        iat, exp = parse_iso(doc["iat"]), parse_iso(doc["exp"])
+    except ValueError as exc:
+        raise Refused(Reason.MALFORMED, str(exc)) from None
+    if exp <= now:
+        raise Refused(Reason.EXPIRED, f"expired {doc['exp']}, now {iso(now)}")
+    if min_seq is not None and doc["seq"] < min_seq:
+        raise Refused(Reason.REPLAYED, f"seq {doc['seq']} older than {min_seq}")
+    return Envelope(doc["v"], doc["id"], doc["kind"], doc["sender"], doc["kid"], iat, exp,
+                    doc["seq"], doc["body"])

@@ -1,0 +1,175 @@
+"""The one place that talks to paho-mqtt. Everything else sees ``Inbound`` and ``MqttLink``.
+
+Manners (docs/protocol.md, "Sessions"): MQTT v5, ``clean_start=False`` with a session expiry
+so the broker keeps our subscriptions and queued QoS 1 messages across reconnects; the last
+will is re-armed before every connection attempt with a fresh birth/death sequence
+(Sparkplug's bdSeq) so a stale will can be told from a fresh one; on every connect we
+re-subscribe, then the owner publishes its birth message.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import ssl
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+log = logging.getLogger("loaxa.mqtt")
+
+
+@dataclass(frozen=True)
+class Inbound:
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+@dataclass(frozen=True)
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    keepalive: int = 30
+    session_expiry: int = 7 * 24 * 3600
+    protocol: str = "5"  # "5" or "3.1.1" (the embedded demo broker speaks only 3.1.1)
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    username: str | None = None
+    password: str | None = None
+
+    def __repr__(self) -> str:  # the password never reaches a log
+        pw = "***" if self.password else None
+        return (f"BrokerConfig(host={self.host!r}, port={self.port}, protocol={self.protocol!r}, "
+                f"tls={'on' if self.tls_ca else 'off'}, username={self.username!r}, password={pw})")
+
+
+class MqttLink:
+    def __init__(
+        self, *, client_id: str, broker: BrokerConfig, subscriptions: list[str],
+        will: Callable[[int], Will] | None = None,
+        next_bdseq: Callable[[], int] | None = None,
+        on_connected: Callable[[int], None] | None = None,
+    ) -> None:
+        self.broker = broker
+        self.subscriptions = list(subscriptions)
+        self.inbox: "queue.Queue[Inbound]" = queue.Queue()
+        self.connected = threading.Event()
+        self.bdseq = 0
+        self._make_will = will
+        self._next_bdseq = next_bdseq
+        self._on_connected = on_connected
+        self._v5 = broker.protocol == "5"
+        if broker.protocol not in ("5", "3.1.1"):
+            raise ValueError(f"MQTT protocol {broker.protocol!r}: use '5' or '3.1.1'")
+        self._client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
+            protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
+            clean_session=None if self._v5 else False,
+        )
+        self._client.reconnect_delay_set(min_delay=1, max_delay=15)
+        self._client.max_queued_messages_set(0)
+        if broker.tls_ca:
+            self._client.tls_set(ca_certs=broker.tls_ca, certfile=broker.tls_cert,
+                                 keyfile=broker.tls_key, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        if broker.username:
+            self._client.username_pw_set(broker.username, broker.password)
+        self._client.on_connect = self._handle_connect
+        self._client.on_disconnect = self._handle_disconnect
+        self._client.on_message = self._handle_message
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        self._arm_will()
+        kwargs: dict = {}
+        if self._v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.broker.session_expiry
+            kwargs = {"clean_start": False, "properties": props}
+        self._client.connect_async(self.broker.host, self.broker.port,
+                                   keepalive=self.broker.keepalive, **kwargs)
+        self._client.loop_start()
+
+    def stop(self, *, send_will: bool = False) -> None:
+        """Disconnect. With ``send_will`` (v5) the broker still publishes the last will."""
+        try:
+            if send_will and self._v5 and self.connected.is_set():
+                self._client.disconnect(reasoncode=paho.ReasonCode(PacketTypes.DISCONNECT, identifier=4))
+            else:
+                self._client.disconnect()
+        finally:
+            self._client.loop_stop()
+            self.connected.clear()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self.connected.wait(timeout)
+
+    # -- traffic ---------------------------------------------------------------------------
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> bool:
+        """Hand a message to paho. False if we are not connected (the caller keeps it)."""
+        if not self.connected.is_set():
+            return False
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        return info.rc == paho.MQTT_ERR_SUCCESS
+
+    def publish_wait(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
+                     timeout: float = 5.0) -> bool:
+        """Publish and wait for the broker's acknowledgement (PUBACK for QoS 1)."""
+        if not self.connected.is_set():
+            return False
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        try:
+            info.wait_for_publish(timeout)
+        except (RuntimeError, ValueError) as exc:
+            log.warning("publish to %s not confirmed: %s", topic, exc)
+            return False
+        if not info.is_published():
+            log.warning("publish to %s timed out after %.1fs", topic, timeout)
+            return False
+        return True
+
+    # -- paho callbacks (paho's thread) ----------------------------------------------------
+    def _arm_will(self) -> None:
+        self.bdseq = self._next_bdseq() if self._next_bdseq else self.bdseq + 1
+        if self._make_will:
+            w = self._make_will(self.bdseq)
+            self._client.will_set(w.topic, w.payload, qos=w.qos, retain=w.retain)
+
+    def _handle_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.warning("broker refused connection: %s", reason_code)
+            return
+        if self.subscriptions:
+            client.subscribe([(t, SubscribeOptions(qos=1)) if self._v5 else (t, 1)
+                              for t in self.subscriptions])
+        self.connected.set()
+        log.info("connected to %s:%s (bdseq %d)", self.broker.host, self.broker.port, self.bdseq)
+        if self._on_connected:
+            try:
+                self._on_connected(self.bdseq)
+            except Exception:  # never let an owner's bug kill paho's thread
+                log.exception("on_connected failed")
+
+    def _handle_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        was = self.connected.is_set()
+        self.connected.clear()
+        if was:
+            log.warning("disconnected from broker: %s", reason_code)
+        self._arm_will()  # the next attempt carries a new bdseq
+
+    def _handle_message(self, client, userdata, msg) -> None:
+        self.inbox.put(Inbound(msg.topic, bytes(msg.payload), bool(msg.retain)))

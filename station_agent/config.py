@@ -1,0 +1,139 @@
+"""station.toml: typed, validated at load with every error reported at once.
+
+Paths are relative to the file's folder. Secrets (the broker password) are read from files
+and never printed.
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from protocol.envelope import public_from_text
+from protocol.mqtt import BrokerConfig
+from protocol.topics import ID_RE
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class StationConfig:
+    station_id: str
+    name: str
+    groups: tuple[str, ...]
+    data_dir: Path
+    station_key: Path
+    hub_public: str
+    hub_sender: str
+    prefix: str
+    broker: BrokerConfig
+    clock: str = "system"
+    audio_device: str = "default"
+    alsa_config: str | None = None
+    warmup_ms: int = 500
+    power_good_timeout_ms: int = 3000
+    hardware_backend: str = "simulated"
+    wiring: dict[str, Any] = field(default_factory=dict)
+    sim: dict[str, Any] = field(default_factory=dict)
+    fetch_retry_s: int = 15
+    report_retry_s: int = 10
+
+
+def _get(d: dict, key: str, typ: type | tuple, errors: list[str], where: str, default=...):
+    if key not in d:
+        if default is ...:
+            errors.append(f"[{where}] {key} is required")
+            return None
+        return default
+    v = d[key]
+    if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
+        errors.append(f"[{where}] {key} = {v!r} has the wrong type")
+        return default if default is not ... else None
+    return v
+
+
+def load(path: str | Path) -> StationConfig:
+    path = Path(path)
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    base = path.parent
+    errors: list[str] = []
+    known = {"station", "broker", "keys", "audio", "hardware"}
+    errors += [f"unknown section [{k}]" for k in doc if k not in known]
+    st, br, keys = doc.get("station", {}), doc.get("broker", {}), doc.get("keys", {})
+    au, hw = doc.get("audio", {}), doc.get("hardware", {})
+
+    sid = _get(st, "id", str, errors, "station")
+    if sid is not None and not ID_RE.match(sid):
+        errors.append(f"[station] id = {sid!r}: letters, digits, '-' and '_' only")
+    groups = _get(st, "groups", list, errors, "station", [])
+    for g in groups or []:
+        if not isinstance(g, str) or not ID_RE.match(g):
+            errors.append(f"[station] groups: {g!r} is not a valid group id")
+    data_dir = base / _get(st, "data_dir", str, errors, "station", "data")
+    clock = _get(st, "clock", str, errors, "station", "system")
+    if clock and not (clock == "system" or clock.startswith("file:")):
+        errors.append(f"[station] clock = {clock!r}: use 'system' or 'file:PATH'")
+    elif clock.startswith("file:"):
+        clock = "file:" + str(base / clock[5:])
+
+    password = None
+    pw_file = _get(br, "password_file", str, errors, "broker", None)
+    if pw_file:
+        try:
+            password = (base / pw_file).read_text().strip()
+        except OSError as exc:
+            errors.append(f"[broker] password_file: {exc.strerror}")
+    protocol = str(_get(br, "protocol", str, errors, "broker", "5"))
+    if protocol not in ("5", "3.1.1"):
+        errors.append(f"[broker] protocol = {protocol!r}: use '5' or '3.1.1'")
+    port = _get(br, "port", int, errors, "broker", 1883)
+    if port is not None and not 0 < port < 65536:
+        errors.append(f"[broker] port {port} is out of range")
+
+    def rel(v: str | None) -> str | None:
+        return str(base / v) if v else None
+
+    broker = BrokerConfig(
+        host=_get(br, "host", str, errors, "broker", "127.0.0.1"), port=port or 1883,
+        keepalive=_get(br, "keepalive", int, errors, "broker", 30),
+        session_expiry=_get(br, "session_expiry", int, errors, "broker", 7 * 24 * 3600),
+        protocol=protocol, tls_ca=rel(_get(br, "tls_ca", str, errors, "broker", None)),
+        tls_cert=rel(_get(br, "tls_cert", str, errors, "broker", None)),
+        tls_key=rel(_get(br, "tls_key", str, errors, "broker", None)),
+        username=_get(br, "username", str, errors, "broker", None), password=password,
+    )
+    hub_public = _get(keys, "hub_public", str, errors, "keys")
+    if hub_public:
+        try:
+            public_from_text(hub_public)
+        except ValueError as exc:
+            errors.append(f"[keys] hub_public: {exc}")
+    station_key = base / _get(keys, "station_key", str, errors, "keys", "station.key")
+    if not station_key.is_file():
+        errors.append(f"[keys] station_key: {station_key} does not exist")
+    backend = _get(hw, "backend", str, errors, "hardware", "simulated")
+    if backend not in ("simulated", "rpigpio", "lgpio"):
+        errors.append(f"[hardware] backend = {backend!r}: simulated, rpigpio or lgpio")
+    wiring = {k: v for k, v in hw.items() if k not in ("backend", "simulated",
+                                                        "power_good_timeout_ms")}
+    alsa_config = _get(au, "alsa_config", str, errors, "audio", None)
+    if errors:
+        raise ConfigError(f"{path}:\n  " + "\n  ".join(errors))
+    return StationConfig(
+        station_id=sid, name=_get(st, "name", str, errors, "station", sid), groups=tuple(groups),
+        data_dir=data_dir, station_key=station_key, hub_public=hub_public,
+        hub_sender=_get(keys, "hub_sender", str, errors, "keys", "hub"),
+        prefix=_get(br, "prefix", str, errors, "broker", "loaxa"), broker=broker, clock=clock,
+        audio_device=_get(au, "device", str, errors, "audio", "default"),
+        alsa_config=rel(alsa_config), warmup_ms=_get(au, "warmup_ms", int, errors, "audio", 500),
+        power_good_timeout_ms=_get(hw, "power_good_timeout_ms", int, errors, "hardware", 3000),
+        hardware_backend=backend, wiring=wiring, sim=dict(hw.get("simulated", {})),
+    )

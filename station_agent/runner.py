@@ -1,0 +1,161 @@
+"""What plays now: amplifier relay on -> power-good -> warm-up -> play -> relay off.
+
+Driven by ``tick()``; the clock is injected, so tests move time instead of sleeping. The
+decision of *what* should be on air is ``schedules.playing_at``; this module only carries it
+out against the board and the player and records every outcome.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from protocol.clock import Clock, iso
+from schedules import Item, Occurrence, QuietHours, may_start, playing_at
+
+from .store import StationStore
+
+log = logging.getLogger("loaxa.runner")
+
+
+@dataclass
+class _Current:
+    occ: Occurrence
+    relay_on_at: datetime
+    relay_on_mono: float
+    power_good_at: datetime | None = None
+    power_good_mono: float | None = None
+    playback: Any = None
+
+
+class Runner:
+    def __init__(self, *, store: StationStore, board: Any, player: Any, clock: Clock,
+                 warmup_ms: int = 500, power_good_timeout_ms: int = 3000) -> None:
+        self.store = store
+        self.board = board
+        self.player = player
+        self.clock = clock
+        self.warmup_s = warmup_ms / 1000
+        self.pg_timeout_s = power_good_timeout_ms / 1000
+        self.current: _Current | None = None
+        self._programme_version: int | None = None
+        self._items: list[Item] = []
+        self._quiet: QuietHours | None = None
+
+    # -- programme -------------------------------------------------------------------------
+    def _programme(self) -> tuple[list[Item], QuietHours | None]:
+        active = self.store.active_bundle()
+        version = active[0] if active else None
+        if version != self._programme_version:
+            self._programme_version = version
+            body = active[1] if active else {}
+            self._items = [Item.from_wire(d) for d in body.get("items", [])]
+            q = body.get("quiet_hours")
+            self._quiet = QuietHours.from_wire(q) if q else None
+        return self._items, self._quiet
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def recover(self) -> None:
+        """After a restart: the amplifier off, and any playback cut by the crash recorded once
+        as interrupted (never replayed)."""
+        self.board.amp_off()
+        now = self.clock.now()
+        for key in self.store.interrupted_plays():
+            self.store.finish_play(key, "interrupted", "agent restarted during playback", now)
+
+    def shutdown(self) -> None:
+        if self.current:
+            self._end(self.clock.now(), "interrupted", "agent stopped", stop_player=True)
+        self.board.amp_off()
+
+    # -- the loop --------------------------------------------------------------------------
+    def tick(self) -> None:
+        now = self.clock.now()
+        items, quiet = self._programme()
+        winner = playing_at(items, now, quiet=quiet)
+        cur = self.current
+        if cur is not None:
+            if (winner is not None and winner.key != cur.occ.key
+                    and winner.item.priority > cur.occ.item.priority
+                    and self.store.play_state(winner.key) is None and may_start(winner, now)):
+                self._end(now, "preempted", f"preempted by {winner.key}", stop_player=True,
+                          keep_relay=True)
+                self._begin(winner, now, relay_already_on=True)
+            else:
+                self._advance(now)
+            return
+        if winner is None or self.store.play_state(winner.key) is not None:
+            return
+        if not may_start(winner, now):
+            late = (now - winner.start).total_seconds()
+            self.store.record_missed(winner.key, winner.item.id, winner.item.content,
+                                     winner.start, f"could not start within "
+                                     f"{winner.item.late_start_s}s (now {late:.0f}s late)", now)
+            return
+        if not self.store.has_audio(winner.item.content):
+            self.store.record_missed(winner.key, winner.item.id, winner.item.content,
+                                     winner.start, "audio not present", now)
+            return
+        self._begin(winner, now)
+
+    def _begin(self, occ: Occurrence, now: datetime, relay_already_on: bool = False) -> None:
+        self.store.start_play(occ.key, occ.item.id, occ.item.content, occ.start, now)
+        mono = self.clock.monotonic()
+        if not relay_already_on:
+            self.board.amp_on()
+        self.current = _Current(occ, now, mono)
+        log.info("on air soon: %s (%s)", occ.key, occ.item.title)
+        self._advance(now)
+
+    def _advance(self, now: datetime) -> None:
+        cur = self.current
+        assert cur is not None
+        mono = self.clock.monotonic()
+        if cur.playback is None:
+            if cur.power_good_mono is None:
+                if self.board.amp_power_good:
+                    cur.power_good_at, cur.power_good_mono = now, mono
+                elif mono - cur.relay_on_mono >= self.pg_timeout_s:
+                    self._end(now, "failed", f"amplifier gave no power-good within "
+                              f"{self.pg_timeout_s:.1f}s of its relay closing")
+                    return
+                else:
+                    return
+            if mono - cur.power_good_mono < self.warmup_s:
+                return
+            try:
+                cur.playback = self.player.start(self.store.audio_path(cur.occ.item.content))
+            except Exception as exc:  # the device or ffmpeg is missing
+                self._end(now, "failed", f"player did not start: {exc}")
+            return
+        outcome = cur.playback.poll()
+        if outcome is not None:
+            if outcome.ok:
+                self._end(now, "played", "")
+            else:
+                self._end(now, "failed", f"player exited {outcome.returncode}: {outcome.stderr}")
+
+    def _end(self, now: datetime, outcome: str, detail: str, *, stop_player: bool = False,
+             keep_relay: bool = False) -> None:
+        cur = self.current
+        assert cur is not None
+        if stop_player and cur.playback is not None:
+            cur.playback.stop()
+        if not keep_relay:
+            self.board.amp_off()
+        self.current = None
+        extra = {"relay_on": iso(cur.relay_on_at),
+                 "power_good": iso(cur.power_good_at) if cur.power_good_at else None,
+                 "relay_off": None if keep_relay else iso(now)}
+        self.store.finish_play(cur.occ.key, outcome, detail, now, extra)
+        log.info("%s: %s %s", cur.occ.key, outcome, detail)
+
+    def status(self) -> dict[str, Any]:
+        cur = self.current
+        return {
+            "programme_version": self._programme_version,
+            "relay": self.board.amp_relay_on, "power_good": self.board.amp_power_good,
+            "playing": cur.occ.key if cur and cur.playback is not None else None,
+            "starting": cur.occ.key if cur and cur.playback is None else None,
+        }

@@ -1,0 +1,214 @@
+"""The station's local state: programme bundles, the audio cache, the outbox, play records.
+
+Every event goes to the outbox in the same transaction as the state change it describes and
+leaves it only when the hub has acknowledged storing it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterator
+
+from protocol.clock import iso
+from protocol.storage import Migrations, open_db
+
+migrations = Migrations("station")
+
+
+@migrations
+def m001_initial(db) -> None:
+    db["meta"].create({"key": str, "value": str}, pk="key")
+    db["bundles"].create({"version": int, "msg_id": str, "raw": str, "body": str,
+                          "received_at": str, "state": str}, pk="version")
+    db["audio"].create({"sha": str, "size": int, "stored_at": str}, pk="sha")
+    db["outbox"].create({"seq": int, "kind": str, "at": str, "data": str}, pk="seq")
+    db["plays"].create({"key": str, "item": str, "content": str, "scheduled_at": str,
+                        "started_at": str, "ended_at": str, "outcome": str, "detail": str},
+                       pk="key")
+
+
+class StationStore:
+    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+        self.dir = Path(data_dir)
+        self.audio_dir = self.dir / "audio"
+        self.audio_dir.mkdir(parents=True, exist_ok=True)
+        self.db = open_db(self.dir / "station.db")
+        migrations.apply(self.db)
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- meta and counters -----------------------------------------------------------------
+    def get(self, key: str, default: str | None = None) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return row[0] if row else default
+
+    def put(self, key: str, value: Any) -> None:
+        self.db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) "
+                        "DO UPDATE SET value = excluded.value", [key, str(value)])
+
+    def bump(self, counter: str, by: int = 1) -> int:
+        with self._lock, self.db.atomic():
+            n = int(self.get(f"count.{counter}", "0")) + by
+            self.put(f"count.{counter}", n)
+            return n
+
+    def counters(self) -> dict[str, int]:
+        rows = self.db.execute("SELECT key, value FROM meta WHERE key LIKE 'count.%'")
+        return {k[6:]: int(v) for k, v in rows.fetchall()}
+
+    def next_bdseq(self) -> int:
+        with self._lock, self.db.atomic():
+            n = int(self.get("bdseq", "0")) + 1
+            self.put("bdseq", n)
+            return n
+
+    # -- outbox ----------------------------------------------------------------------------
+    def _event(self, kind: str, data: dict[str, Any], at: datetime) -> int:
+        """Append an event; call inside a transaction with the state change it reports."""
+        seq = int(self.get("next_seq", "1"))
+        self.put("next_seq", seq + 1)
+        self.db.execute("INSERT INTO outbox(seq, kind, at, data) VALUES (?, ?, ?, ?)",
+                        [seq, kind, iso(at), json.dumps(data, ensure_ascii=False)])
+        return seq
+
+    def event(self, kind: str, data: dict[str, Any], at: datetime) -> int:
+        with self._lock, self.db.atomic():
+            return self._event(kind, data, at)
+
+    def pending_events(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT seq, kind, at, data FROM outbox ORDER BY seq LIMIT ?",
+                               [limit]).fetchall()
+        return [{"seq": s, "kind": k, "at": a, "data": json.loads(d)} for s, k, a, d in rows]
+
+    def outbox_size(self) -> int:
+        return self.db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+
+    def acknowledge(self, seqs: list[int]) -> int:
+        with self._lock, self.db.atomic():
+            n = 0
+            for s in seqs:
+                n += self.db.execute("DELETE FROM outbox WHERE seq = ?", [int(s)]).rowcount
+            return n
+
+    # -- bundles ---------------------------------------------------------------------------
+    def held_bundle(self) -> tuple[int, str] | None:
+        """(version, message id) of the newest bundle held, active or not."""
+        row = self.db.execute("SELECT version, msg_id FROM bundles ORDER BY version DESC "
+                              "LIMIT 1").fetchone()
+        return (row[0], row[1]) if row else None
+
+    def save_bundle(self, version: int, msg_id: str, raw: bytes, body: dict, at: datetime) -> None:
+        with self._lock, self.db.atomic():
+            self.db.execute("INSERT INTO bundles VALUES (?, ?, ?, ?, ?, 'pending')",
+                            [version, msg_id, raw.decode("utf-8"),
+                             json.dumps(body, ensure_ascii=False), iso(at)])
+            self._event("bundle.received", {"version": version}, at)
+
+    def pending_bundle(self) -> tuple[int, dict] | None:
+        row = self.db.execute("SELECT version, body FROM bundles WHERE state = 'pending' "
+                              "ORDER BY version DESC LIMIT 1").fetchone()
+        return (row[0], json.loads(row[1])) if row else None
+
+    def active_bundle(self) -> tuple[int, dict] | None:
+        row = self.db.execute("SELECT version, body FROM bundles WHERE state = 'active'"
+                              ).fetchone()
+        return (row[0], json.loads(row[1])) if row else None
+
+    def activate(self, version: int, at: datetime) -> None:
+        """Make ``version`` the programme that plays; older bundles are dropped."""
+        with self._lock, self.db.atomic():
+            self.db.execute("DELETE FROM bundles WHERE version < ?", [version])
+            self.db.execute("UPDATE bundles SET state = 'active' WHERE version = ?", [version])
+            self._event("bundle.activated", {"version": version}, at)
+
+    # -- audio cache -----------------------------------------------------------------------
+    def audio_path(self, sha: str) -> Path:
+        return self.audio_dir / f"{sha}.opus"
+
+    def part_path(self, sha: str) -> Path:
+        return self.audio_dir / f"{sha}.part"
+
+    def has_audio(self, sha: str) -> bool:
+        return self.audio_path(sha).is_file() and self.db.execute(
+            "SELECT 1 FROM audio WHERE sha = ?", [sha]).fetchone() is not None
+
+    def missing_audio(self, shas: list[str]) -> list[str]:
+        return [s for s in shas if not self.has_audio(s)]
+
+    def part_size(self, sha: str) -> int:
+        try:
+            return self.part_path(sha).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def append_part(self, sha: str, data: bytes) -> int:
+        with open(self.part_path(sha), "ab") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+            return f.tell()
+
+    def discard_part(self, sha: str) -> None:
+        self.part_path(sha).unlink(missing_ok=True)
+
+    def keep_audio(self, sha: str, at: datetime) -> None:
+        """The verified part file becomes the cached audio: fsync'd, renamed, then recorded."""
+        part, final = self.part_path(sha), self.audio_path(sha)
+        size = part.stat().st_size
+        os.replace(part, final)
+        dfd = os.open(self.audio_dir, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        with self._lock, self.db.atomic():
+            self.db.execute("INSERT OR REPLACE INTO audio VALUES (?, ?, ?)", [sha, size, iso(at)])
+            self._event("audio.stored", {"sha": sha, "size": size}, at)
+
+    # -- plays -----------------------------------------------------------------------------
+    def play_state(self, key: str) -> str | None:
+        row = self.db.execute("SELECT outcome FROM plays WHERE key = ?", [key]).fetchone()
+        return row[0] if row else None
+
+    def start_play(self, key: str, item: str, content: str, scheduled: datetime,
+                   at: datetime) -> None:
+        """Recorded before the sound starts, so a crash never lets the same occurrence play
+        twice."""
+        with self._lock, self.db.atomic():
+            self.db.execute("INSERT INTO plays VALUES (?, ?, ?, ?, ?, NULL, 'started', '')",
+                            [key, item, content, iso(scheduled), iso(at)])
+
+    def finish_play(self, key: str, outcome: str, detail: str, at: datetime,
+                    extra: dict[str, Any] | None = None) -> int:
+        with self._lock, self.db.atomic():
+            row = self.db.execute("SELECT item, content, scheduled_at, started_at FROM plays "
+                                  "WHERE key = ?", [key]).fetchone()
+            if row is None:
+                raise KeyError(key)
+            self.db.execute("UPDATE plays SET ended_at = ?, outcome = ?, detail = ? "
+                            "WHERE key = ?", [iso(at), outcome, detail, key])
+            data = {"occurrence": key, "item": row[0], "content": row[1], "scheduled": row[2],
+                    "started": row[3], "ended": iso(at), "outcome": outcome, "detail": detail}
+            data.update(extra or {})
+            return self._event("playback", data, at)
+
+    def record_missed(self, key: str, item: str, content: str, scheduled: datetime,
+                      reason: str, at: datetime) -> int:
+        with self._lock, self.db.atomic():
+            self.db.execute("INSERT INTO plays VALUES (?, ?, ?, ?, NULL, ?, 'missed', ?)",
+                            [key, item, content, iso(scheduled), iso(at), reason])
+            return self._event("playback", {
+                "occurrence": key, "item": item, "content": content, "scheduled": iso(scheduled),
+                "started": None, "ended": None, "outcome": "missed", "detail": reason}, at)
+
+    def interrupted_plays(self) -> list[str]:
+        return [r[0] for r in self.db.execute(
+            "SELECT key FROM plays WHERE outcome = 'started'").fetchall()]
+
+    def plays(self) -> Iterator[dict[str, Any]]:
+        yield from self.db["plays"].rows
