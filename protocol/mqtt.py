@@ -91,6 +91,8 @@ class MqttLink:
         self._client.on_connect = self._handle_connect
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message
+        self._client.on_subscribe = self._handle_subscribe
+        self._sub_mid: int | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -154,8 +156,21 @@ class MqttLink:
             log.warning("broker refused connection: %s", reason_code)
             return
         if self.subscriptions:
-            client.subscribe([(t, SubscribeOptions(qos=1)) if self._v5 else (t, 1)
-                              for t in self.subscriptions])
+            # ready only once the broker has granted the subscriptions (SUBACK)
+            _, self._sub_mid = client.subscribe(
+                [(t, SubscribeOptions(qos=1)) if self._v5 else (t, 1) for t in self.subscriptions])
+        else:
+            self._ready()
+
+    def _handle_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        if mid != self._sub_mid:
+            return
+        bad = [rc for rc in reason_codes if rc.is_failure]
+        if bad:
+            log.error("broker refused subscriptions: %s", bad)
+        self._ready()
+
+    def _ready(self) -> None:
         self.connected.set()
         log.info("connected to %s:%s (bdseq %d)", self.broker.host, self.broker.port, self.bdseq)
         if self._on_connected:
@@ -168,7 +183,8 @@ class MqttLink:
         was = self.connected.is_set()
         self.connected.clear()
         if was:
-            log.warning("disconnected from broker: %s", reason_code)
+            (log.warning if reason_code.is_failure else log.info)(
+                "disconnected from broker: %s", reason_code)
         self._arm_will()  # the next attempt carries a new bdseq
 
     def _handle_message(self, client, userdata, msg) -> None:

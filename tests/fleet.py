@@ -1,0 +1,151 @@
+"""A hub (in this process, on its own thread) and station agents (real subprocesses) on one
+real mosquitto, sharing a settable clock file so tests move time instead of sleeping."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from audio.player import file_sink_config
+from hub import config as hubconfig
+from hub.cli import add_content_text, add_station, announce, init_hub
+from hub.service import HubService
+from hub.store import HubStore
+from protocol.clock import FileClock
+from protocol.envelope import Signer
+from protocol.topics import Topics
+from schedules import Priority
+
+from conftest import ROOT, wait_for
+
+
+class Fleet:
+    def __init__(self, tmp: Path, broker, station_ids: list[str], *, start: datetime) -> None:
+        self.tmp = tmp
+        self.broker = broker
+        self.clock_file = tmp / "clock"
+        FileClock.set_time(self.clock_file, start)
+        self.clock = FileClock(self.clock_file)
+        self.home = tmp / "hub"
+        self.signer = init_hub(self.home, broker_host="127.0.0.1", broker_port=broker.port,
+                               clock=f"file:{self.clock_file}")
+        self.cfg = hubconfig.load(self.home)
+        self.ids = station_ids
+        self.procs: dict[str, subprocess.Popen] = {}
+        for sid in station_ids:
+            d = self.station_dir(sid)
+            d.mkdir(parents=True)
+            (d / "sink.conf").write_text(file_sink_config(d / "sink.wav"))
+            add_station(self.cfg, sid, name=f"Đài xã {sid}", groups=["g1"], out=d,
+                        audio_device="loaxa_sink", alsa_config="sink.conf",
+                        clock=f"file:{self.clock_file}")
+        self.store = HubStore(self.cfg.db_path)
+        self.hub: HubService | None = None
+        self._hub_stop = threading.Event()
+        self._hub_thread: threading.Thread | None = None
+
+    # -- parts -----------------------------------------------------------------------------
+    def station_dir(self, sid: str) -> Path:
+        return self.tmp / "stations" / sid
+
+    def start_hub(self) -> None:
+        # its own connection, like `loaxa hub serve` beside the CLI: commits made through
+        # self.store are seen as changes (PRAGMA data_version)
+        self._hub_store = HubStore(self.cfg.db_path)
+        self.hub = HubService(store=self._hub_store, signer=Signer.load(self.cfg.key_path, "hub"),
+                              topics=Topics(self.cfg.prefix), broker=self.cfg.broker,
+                              clock=self.clock)
+        self._hub_stop.clear()
+        self._hub_thread = threading.Thread(target=self.hub.run, args=(self._hub_stop,),
+                                            daemon=True)
+        self._hub_thread.start()
+        assert self.hub.link.wait_connected(10), "hub did not connect"
+
+    def stop_hub(self) -> None:
+        self._hub_stop.set()
+        if self._hub_thread:
+            self._hub_thread.join(10)
+            self._hub_thread = None
+            self._hub_store.close()
+
+    def start_station(self, sid: str) -> None:
+        log = open(self.station_dir(sid) / "agent.log", "ab")
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        self.procs[sid] = subprocess.Popen(
+            [sys.executable, "-m", "deploy.cli", "agent", "run", "--config",
+             str(self.station_dir(sid) / "station.toml")],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=ROOT)
+        log.close()
+
+    def start(self) -> "Fleet":
+        self.start_hub()
+        for sid in self.ids:
+            self.start_station(sid)
+        return self
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs.values():
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        self.stop_hub()
+        self.store.close()
+
+    def log(self, sid: str) -> str:
+        return (self.station_dir(sid) / "agent.log").read_text(errors="replace")
+
+    # -- actions ---------------------------------------------------------------------------
+    def set_time(self, when: datetime) -> None:
+        FileClock.set_time(self.clock_file, when)
+
+    def content(self, text: str) -> dict:
+        return add_content_text(self.store, text, title=text[:40], now=self.clock.now(),
+                                engine="espeak-ng")
+
+    def schedule(self, content: dict, when: datetime, *, priority=Priority.THONG_THUONG,
+                 target: str = "all", late_start_s: int = 300) -> str:
+        return announce(self.store, content=content, when=when, priority=priority,
+                        target=target, every=None, late_start_s=late_start_s,
+                        now=self.clock.now())
+
+    # -- observations ----------------------------------------------------------------------
+    def status(self, sid: str) -> dict:
+        try:
+            return json.loads((self.station_dir(sid) / "data" / "status.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def station_db(self, sid: str, sql: str, params=()) -> list[tuple]:
+        path = self.station_dir(sid) / "data" / "station.db"
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        try:
+            return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
+
+    def wait_active(self, version: int, timeout: float = 30.0) -> None:
+        for sid in self.ids:
+            wait_for(lambda: self.status(sid).get("active_version") == version, timeout,
+                     f"{sid} to activate bundle {version}\n{self.log(sid)[-2000:]}")
+
+    def playbacks(self, sid: str | None = None) -> list[dict]:
+        if sid:
+            return self.store.q("SELECT * FROM playbacks WHERE station_id = ? ORDER BY seq", [sid])
+        return self.store.q("SELECT * FROM playbacks ORDER BY station_id, seq")
+
+    def hub_events(self, sid: str, kind: str) -> list[dict]:
+        rows = self.store.q("SELECT * FROM events WHERE station_id = ? AND kind = ? ORDER BY seq",
+                            [sid, kind])
+        for r in rows:
+            r["data"] = json.loads(r["data"])
+        return rows

@@ -1,0 +1,144 @@
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from protocol import chunks
+from protocol.envelope import (
+    MAX_MESSAGE_BYTES, KeyRing, Reason, Refused, Signer, canonical, public_from_text,
+    public_to_text, seal, verify,
+)
+from protocol.topics import BadIdentifier, Topics
+
+NOW = datetime(2026, 11, 24, 3, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def hub():
+    return Signer.generate("hub")
+
+
+@pytest.fixture
+def ring(hub):
+    r = KeyRing()
+    r.add(hub.public, "hub")
+    return r
+
+
+def sealed(hub, body=None, *, seq=1, now=NOW, ttl=timedelta(hours=1), kind="bundle"):
+    return seal(kind, body or {"station": "A", "note": "Thông báo khẩn cấp"}, signer=hub,
+                seq=seq, now=now, ttl=ttl)
+
+
+def refused(raw, ring, **kw) -> Reason:
+    with pytest.raises(Refused) as exc:
+        verify(raw, ring, now=kw.pop("now", NOW), **kw)
+    return exc.value.reason
+
+
+def test_round_trip_keeps_vietnamese_text(hub, ring):
+    env = verify(sealed(hub), ring, now=NOW, kind="bundle", min_seq=1)
+    assert env.body["note"] == "Thông báo khẩn cấp"
+    assert env.sender == "hub" and env.seq == 1 and env.kid == hub.kid
+
+
+def test_canonical_encoding_is_sorted_compact_utf8():
+    assert canonical({"b": 1, "a": "ệ"}) == '{"a":"ệ","b":1}'.encode("utf-8")
+
+
+def test_forged_signature(hub, ring):
+    doc = json.loads(sealed(hub))
+    doc["body"]["note"] = "Nội dung giả mạo"
+    assert refused(canonical(doc), ring) is Reason.BAD_SIGNATURE
+
+
+def test_signed_by_another_key_claiming_the_hubs_id(hub, ring):
+    mallory = Signer.generate("hub")
+    doc = json.loads(sealed(mallory))
+    doc["kid"] = hub.kid
+    assert refused(canonical(doc), ring) is Reason.BAD_SIGNATURE
+
+
+def test_unknown_key(ring):
+    assert refused(sealed(Signer.generate("hub")), ring) is Reason.UNKNOWN_KEY
+
+
+def test_expired(hub, ring):
+    raw = sealed(hub, now=NOW - timedelta(days=2), ttl=timedelta(days=1))
+    assert refused(raw, ring) is Reason.EXPIRED
+
+
+def test_replayed_older_sequence(hub, ring):
+    assert refused(sealed(hub, seq=3), ring, min_seq=4) is Reason.REPLAYED
+
+
+@pytest.mark.parametrize("raw", [
+    b"{not json", b"[]", b"\xff\xfe", b'{"v":1}', b"",
+    b'{"v":1,"v":1,"id":"x","kind":"k","sender":"s","kid":"k","iat":"","exp":"","seq":1,'
+    b'"body":{},"sig":""}',
+])
+def test_malformed(raw, ring):
+    assert refused(raw, ring) is Reason.MALFORMED
+
+
+def test_floats_are_refused_on_both_sides(hub, ring):
+    with pytest.raises(TypeError):
+        sealed(hub, {"volume": 0.5})
+    doc = json.loads(sealed(hub))
+    text = canonical(doc).replace(b'"seq":1', b'"seq":1.0')
+    assert refused(text, ring) is Reason.MALFORMED
+
+
+def test_wrong_schema_version(hub, ring):
+    doc = json.loads(sealed(hub))
+    doc["v"] = 2
+    assert refused(canonical(doc), ring) is Reason.UNSUPPORTED_VERSION
+
+
+def test_oversize(ring):
+    assert refused(b"x" * (MAX_MESSAGE_BYTES + 1), ring) is Reason.OVERSIZE
+
+
+def test_sender_is_bound_to_its_key(hub, ring):
+    other = Signer(hub.private, "station:A")
+    assert refused(sealed(other), ring) is Reason.WRONG_SENDER
+    assert refused(sealed(hub), ring, kind="ack") is Reason.WRONG_KIND
+
+
+def test_public_key_text_round_trip(hub):
+    assert public_from_text(public_to_text(hub.public)).public_bytes_raw() == \
+        hub.public.public_bytes_raw()
+    with pytest.raises(ValueError):
+        public_from_text("not-a-key")
+
+
+def test_private_key_file_is_owner_only_and_not_in_repr(tmp_path, hub):
+    hub.save(tmp_path / "hub.key")
+    assert (tmp_path / "hub.key").stat().st_mode & 0o077 == 0
+    assert Signer.load(tmp_path / "hub.key", "hub").kid == hub.kid
+    assert "PRIVATE" not in repr(hub)
+
+
+def test_chunks_round_trip_and_corruption():
+    blob = bytes(range(256)) * 700
+    sha = __import__("hashlib").sha256(blob).hexdigest()
+    parts = [chunks.decode(c) for c in chunks.iter_chunks(sha, blob)]
+    assert b"".join(p.data for p in parts) == blob and parts[-1].total == len(blob)
+    raw = bytearray(next(chunks.iter_chunks(sha, blob)))
+    raw[-1] ^= 0xFF
+    with pytest.raises(Refused) as exc:
+        chunks.decode(bytes(raw))
+    assert exc.value.reason is Reason.BAD_AUDIO
+    for bad in (b"", b"LXA1", b"XXXX\x00\x00\x00\x01{", b"LXA1\x00\x00\x00\x02{}"):
+        with pytest.raises(Refused):
+            chunks.decode(bad)
+
+
+def test_topics_refuse_wildcards():
+    t = Topics("loaxa")
+    assert t.bundle("xa-1") == "loaxa/station/xa-1/bundle"
+    assert t.parse_station_topic("loaxa/station/xa-1/events") == ("xa-1", "events")
+    assert t.parse_station_topic("loaxa/station/a/b/events") is None
+    for bad in ("+", "#", "a/b", "", "x" * 65):
+        with pytest.raises(BadIdentifier):
+            t.bundle(bad)

@@ -1,0 +1,143 @@
+from datetime import datetime, time, timedelta, timezone
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from schedules import Item, Priority, QuietHours, TZ, active_at, may_start, occurrences, playing_at
+from schedules.model import ScheduleError
+
+SHA = "a" * 64
+BASE = datetime(2026, 11, 24, 0, 0, tzinfo=timezone.utc)
+
+
+def item(i, start, *, prio=Priority.THONG_THUONG, dur_s=60, rrule=None, **kw):
+    return Item(str(i), SHA, dur_s * 1000, prio, start, rrule=rrule, **kw)
+
+
+def local(y, m, d, hh, mm):
+    return datetime(y, m, d, hh, mm, tzinfo=TZ)
+
+
+def test_daily_recurrence_stays_at_local_wall_time():
+    it = item("news", local(2026, 11, 24, 6, 0), rrule="FREQ=DAILY")
+    occ = occurrences([it], local(2026, 11, 24, 0, 0), local(2026, 11, 27, 0, 0))
+    assert [o.start.astimezone(TZ).strftime("%d/%m %H:%M") for o in occ] == \
+        ["24/11 06:00", "25/11 06:00", "26/11 06:00"]
+
+
+def test_campaign_window_bounds_occurrences():
+    it = item("c", local(2026, 4, 1, 17, 0), rrule="FREQ=DAILY",
+              valid_from=local(2026, 4, 25, 0, 0), valid_until=local(2026, 5, 2, 0, 0))
+    occ = occurrences([it], local(2026, 4, 1, 0, 0), local(2026, 6, 1, 0, 0))
+    assert [o.start.astimezone(TZ).day for o in occ] == [25, 26, 27, 28, 29, 30, 1]
+
+
+def test_quiet_hours_admit_only_khan_cap():
+    quiet = QuietHours(time(22, 0), time(5, 0))
+    t = local(2026, 11, 24, 23, 30)
+    normal = item("n", t, prio=Priority.UU_TIEN)
+    alarm = item("e", t, prio=Priority.KHAN_CAP)
+    assert playing_at([normal], t + timedelta(seconds=1), quiet=quiet) is None
+    assert playing_at([normal, alarm], t + timedelta(seconds=1), quiet=quiet).item.id == "e"
+    assert playing_at([normal], t + timedelta(seconds=1)).item.id == "n"
+
+
+def test_higher_priority_preempts_and_ties_go_to_the_earlier_start():
+    a = item("a", BASE, dur_s=600)
+    b = item("b", BASE + timedelta(minutes=1), dur_s=600)
+    c = item("c", BASE + timedelta(minutes=2), prio=Priority.KHAN_CAP, dur_s=60)
+    t = BASE + timedelta(minutes=2, seconds=5)
+    assert playing_at([a, b, c], t).item.id == "c"
+    assert playing_at([a, b], t).item.id == "a"
+
+
+def test_late_start_window():
+    it = item("x", BASE, late_start_s=30)
+    o = occurrences([it], BASE, BASE + timedelta(minutes=1))[0]
+    assert may_start(o, BASE + timedelta(seconds=30))
+    assert not may_start(o, BASE + timedelta(seconds=31))
+    assert not may_start(o, BASE - timedelta(seconds=1))
+
+
+def test_bad_rules_are_refused_with_reasons():
+    with pytest.raises(ScheduleError, match="RRULE"):
+        item("r", BASE, rrule="FREQ=SOMETIMES")
+    with pytest.raises(ScheduleError, match="aware"):
+        item("r", datetime(2026, 1, 1))
+    with pytest.raises(ScheduleError, match="campaign"):
+        item("r", BASE, valid_from=BASE, valid_until=BASE)
+    with pytest.raises(ScheduleError):
+        Item.from_wire({"id": "x"})
+
+
+def test_priority_names():
+    assert Priority.parse("Khẩn cấp") is Priority.KHAN_CAP
+    assert Priority.parse("uu-tien") is Priority.UU_TIEN
+    assert Priority.parse("normal") is Priority.THONG_THUONG
+    assert Priority.KHAN_CAP.label_vi == "khẩn cấp"
+    with pytest.raises(ScheduleError):
+        Priority.parse("urgent-ish")
+
+
+def test_wire_round_trip():
+    it = item("w", BASE, rrule="FREQ=WEEKLY;BYDAY=MO", valid_until=BASE + timedelta(days=30),
+              title="Tuyên truyền bầu cử")
+    assert Item.from_wire(it.to_wire()) == it
+
+
+# -- properties ------------------------------------------------------------------------------
+
+items_st = st.lists(
+    st.builds(
+        lambda i, off, dur, prio, rec: item(
+            i, BASE + timedelta(minutes=off), dur_s=dur, prio=Priority(prio),
+            rrule=["FREQ=HOURLY", "FREQ=DAILY", None][rec]),
+        st.integers(0, 999).map(str), st.integers(0, 600), st.integers(1, 3600),
+        st.integers(1, 3), st.integers(0, 2)),
+    max_size=8, unique_by=lambda i: i.id)
+instant_st = st.integers(0, 3 * 24 * 3600).map(lambda s: BASE + timedelta(seconds=s))
+quiet_st = st.one_of(st.none(), st.builds(
+    lambda a, b: QuietHours(time(a), time(b)), st.integers(0, 23), st.integers(0, 23)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(items_st, instant_st, quiet_st)
+def test_winner_is_active_with_the_highest_priority(items, t, quiet):
+    active = active_at(items, t, quiet=quiet)
+    winner = playing_at(items, t, quiet=quiet)
+    if not active:
+        assert winner is None
+        return
+    assert winner in active
+    assert winner.start <= t < winner.end
+    assert winner.item.priority == max(o.item.priority for o in active)
+    same = [o for o in active if o.item.priority == winner.item.priority]
+    assert winner.start == min(o.start for o in same)
+
+
+@settings(max_examples=200, deadline=None)
+@given(items_st, instant_st, quiet_st)
+def test_quiet_hours_never_start_anything_but_khan_cap(items, t, quiet):
+    winner = playing_at(items, t, quiet=quiet)
+    if winner and quiet and quiet.contains(winner.start):
+        assert winner.item.priority is Priority.KHAN_CAP
+
+
+@settings(max_examples=200, deadline=None)
+@given(items_st, instant_st, instant_st)
+def test_occurrences_are_sorted_and_overlap_the_window(items, a, b):
+    lo, hi = min(a, b), max(a, b) + timedelta(seconds=1)
+    occ = occurrences(items, lo, hi)
+    assert occ == sorted(occ, key=lambda o: (o.start, o.item.id))
+    assert all(o.start < hi and o.end > lo for o in occ)
+    assert len({o.key for o in occ}) == len(occ)
+
+
+@settings(max_examples=200, deadline=None)
+@given(items_st, instant_st, st.integers(1, 3))
+def test_adding_a_lower_priority_item_never_displaces_the_winner(items, t, prio):
+    before = playing_at(items, t)
+    extra = item("zz-extra", t - timedelta(seconds=1), prio=Priority(1), dur_s=10)
+    after = playing_at(items + [extra], t)
+    if before is not None and before.item.priority > Priority(1):
+        assert after == before
