@@ -71,7 +71,7 @@ def prepare(src: str | os.PathLike[str], *, target_lufs: float = TARGET_LUFS,
         out = Path(tmp) / "out.opus"
         run(["ffmpeg", "-nostdin", "-v", "error", "-i", name, "-vn", "-map", "0:a:0",
              "-af", f"loudnorm=I={target_lufs}:TP={true_peak_db}:LRA=11",
-             "-ac", "1", "-ar", "48000", "-c:a", "libopus", "-b:a", bitrate,
+             "-ac", "1", "-ar", "48000", "-c:a", "libopus", "-b:a", bitrate, "-vbr", "constrained",
              "-application", "voip", "-fflags", "+bitexact", "-flags:a", "+bitexact",
              "-f", "ogg", str(out)], what=f"prepare {name}")
         data = out.read_bytes()

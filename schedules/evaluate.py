@@ -65,3 +65,30 @@ def playing_at(items: Iterable[Item], t: datetime, *,
 def may_start(o: Occurrence, t: datetime) -> bool:
     """Whether ``o`` may still begin at ``t`` (inside its late-start window)."""
     return o.start <= t <= o.start + timedelta(seconds=o.item.late_start_s)
+
+
+def startable_at(items: Iterable[Item], t: datetime, *,
+                 quiet: QuietHours | None = None) -> list[Occurrence]:
+    """Occurrences that may begin at ``t`` (inside their late-start window), best first:
+    highest priority, then earliest start. A short item missed by a few seconds still starts
+    while its window is open."""
+    out = [Occurrence(s, item) for item in items
+           for s in _starts(item, t - timedelta(seconds=item.late_start_s), t + _EPS)
+           if _allowed(item, s, quiet)]
+    out.sort(key=_rank)
+    return out
+
+
+def overdue(items: Iterable[Item], since: datetime, t: datetime, *,
+            quiet: QuietHours | None = None) -> list[Occurrence]:
+    """Occurrences whose late-start window closed in [since, t): if they have not started by
+    now they never will, and are to be recorded as missed."""
+    out = [Occurrence(s, item) for item in items
+           for s in _starts(item, since - timedelta(seconds=item.late_start_s),
+                            t - timedelta(seconds=item.late_start_s))
+           if _allowed(item, s, quiet)]
+    out.sort(key=lambda o: (o.start, o.item.id))
+    return out
+
+
+_EPS = timedelta(microseconds=1)

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from protocol.clock import Clock, iso
-from schedules import Item, Occurrence, QuietHours, may_start, playing_at
+from protocol.clock import Clock, iso, parse_iso
+from schedules import Item, Occurrence, QuietHours, overdue, startable_at
 
 from .store import StationStore
 
 log = logging.getLogger("loaxa.runner")
+MISSED_LOOKBACK = timedelta(days=1)
+CHECKPOINT_EVERY_S = 60.0
 
 
 @dataclass
@@ -42,6 +44,8 @@ class Runner:
         self._programme_version: int | None = None
         self._items: list[Item] = []
         self._quiet: QuietHours | None = None
+        self._checked_until: datetime | None = None
+        self._checked_saved = -1e9
 
     # -- programme -------------------------------------------------------------------------
     def _programme(self) -> tuple[list[Item], QuietHours | None]:
@@ -73,31 +77,49 @@ class Runner:
     def tick(self) -> None:
         now = self.clock.now()
         items, quiet = self._programme()
-        winner = playing_at(items, now, quiet=quiet)
+        self._sweep_missed(items, quiet, now)
+        best = next((o for o in startable_at(items, now, quiet=quiet)
+                     if self.store.play_state(o.key) is None), None)
         cur = self.current
         if cur is not None:
-            if (winner is not None and winner.key != cur.occ.key
-                    and winner.item.priority > cur.occ.item.priority
-                    and self.store.play_state(winner.key) is None and may_start(winner, now)):
-                self._end(now, "preempted", f"preempted by {winner.key}", stop_player=True,
+            if best is not None and best.item.priority > cur.occ.item.priority:
+                self._end(now, "preempted", f"preempted by {best.key}", stop_player=True,
                           keep_relay=True)
-                self._begin(winner, now, relay_already_on=True)
+                self._start(best, now, relay_already_on=True)
             else:
                 self._advance(now)
+        elif best is not None:
+            self._start(best, now)
+
+    def _sweep_missed(self, items: list[Item], quiet: QuietHours | None, now: datetime) -> None:
+        """Record once, as missed, every occurrence whose late-start window closed without it
+        starting (the agent was down, the amplifier busy with a longer item, …)."""
+        if self._checked_until is None:
+            mark = self.store.get("programme.since")
+            self._checked_until = parse_iso(mark) if mark else now
+        since = max(min(self._checked_until, now), now - MISSED_LOOKBACK)
+        for o in overdue(items, since, now, quiet=quiet):
+            if self.store.play_state(o.key) is None and (self.current is None
+                                                         or self.current.occ.key != o.key):
+                self.store.record_missed(o.key, o.item.id, o.item.content, o.start,
+                                         f"not started within its {o.item.late_start_s}s "
+                                         f"late-start window", now)
+        self._checked_until = now
+        # persisted now and then, not every tick (SD cards): a sweep repeated after a restart
+        # finds the same occurrences already recorded and records nothing twice
+        mono = self.clock.monotonic()
+        if mono - self._checked_saved >= CHECKPOINT_EVERY_S:
+            self.store.put("programme.since", iso(now))
+            self._checked_saved = mono
+
+    def _start(self, occ: Occurrence, now: datetime, relay_already_on: bool = False) -> None:
+        if not self.store.has_audio(occ.item.content):
+            self.store.record_missed(occ.key, occ.item.id, occ.item.content, occ.start,
+                                     "audio not present", now)
+            if relay_already_on:
+                self.board.amp_off()
             return
-        if winner is None or self.store.play_state(winner.key) is not None:
-            return
-        if not may_start(winner, now):
-            late = (now - winner.start).total_seconds()
-            self.store.record_missed(winner.key, winner.item.id, winner.item.content,
-                                     winner.start, f"could not start within "
-                                     f"{winner.item.late_start_s}s (now {late:.0f}s late)", now)
-            return
-        if not self.store.has_audio(winner.item.content):
-            self.store.record_missed(winner.key, winner.item.id, winner.item.content,
-                                     winner.start, "audio not present", now)
-            return
-        self._begin(winner, now)
+        self._begin(occ, now, relay_already_on)
 
     def _begin(self, occ: Occurrence, now: datetime, relay_already_on: bool = False) -> None:
         self.store.start_play(occ.key, occ.item.id, occ.item.content, occ.start, now)

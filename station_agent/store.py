@@ -107,6 +107,8 @@ class StationStore:
             self.db.execute("INSERT INTO bundles VALUES (?, ?, ?, ?, ?, 'pending')",
                             [version, msg_id, raw.decode("utf-8"),
                              json.dumps(body, ensure_ascii=False), iso(at)])
+            if self.get("programme.since") is None:  # misses are counted from here on
+                self.put("programme.since", iso(at))
             self._event("bundle.received", {"version": version}, at)
 
     def pending_bundle(self) -> tuple[int, dict] | None:

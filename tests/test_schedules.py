@@ -141,3 +141,30 @@ def test_adding_a_lower_priority_item_never_displaces_the_winner(items, t, prio)
     after = playing_at(items + [extra], t)
     if before is not None and before.item.priority > Priority(1):
         assert after == before
+
+
+def test_a_short_item_may_still_start_late_inside_its_window():
+    from schedules import startable_at
+    it = item("short", BASE, dur_s=5, late_start_s=60)
+    assert [o.item.id for o in startable_at([it], BASE + timedelta(seconds=30))] == ["short"]
+    assert startable_at([it], BASE + timedelta(seconds=61)) == []
+
+
+def test_overdue_lists_each_closed_window_once():
+    from schedules import overdue
+    it = item("h", BASE, dur_s=5, rrule="FREQ=HOURLY", late_start_s=60)
+    a = overdue([it], BASE, BASE + timedelta(hours=2))
+    b = overdue([it], BASE + timedelta(hours=2), BASE + timedelta(hours=3))
+    assert [o.start for o in a] == [BASE, BASE + timedelta(hours=1)]
+    assert [o.start for o in b] == [BASE + timedelta(hours=2)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(items_st, instant_st, st.integers(1, 7200))
+def test_overdue_windows_partition_time(items, a, gap):
+    """Sweeping [a, b) then [b, c) finds exactly what sweeping [a, c) finds."""
+    from schedules import overdue
+    b, c = a + timedelta(seconds=gap), a + timedelta(seconds=2 * gap)
+    keys = lambda occ: [o.key for o in occ]
+    assert sorted(keys(overdue(items, a, b)) + keys(overdue(items, b, c))) == \
+        sorted(keys(overdue(items, a, c)))

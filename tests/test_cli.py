@@ -1,0 +1,92 @@
+"""`loaxa` as a user runs it: clear errors, exit 2, nothing half-written."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from deploy.cli import main
+from station_agent import config as station_config
+
+
+def run(*args):
+    return main([str(a) for a in args])
+
+
+@pytest.fixture
+def home(tmp_path):
+    h = tmp_path / "hub"
+    assert run("hub", "--home", h, "init", "--broker-port", "18830",
+               "--quiet-hours", "22:00-05:00") == 0
+    return h
+
+
+def test_hub_commands_end_to_end(home, tmp_path, capsys):
+    assert run("hub", "--home", home, "station", "add", "xa-1", "--name", "Đài xã Một",
+               "--group", "huyen-a") == 0
+    assert run("hub", "--home", home, "announce", "--text", "Xin chào bà con.", "--tts",
+               "espeak-ng", "--at", "25/12/2030 06:30", "--every", "daily", "--until",
+               "31/12/2030", "--priority", "ưu tiên", "--to", "group:huyen-a") == 0
+    out = capsys.readouterr().out
+    assert "25/12/2030 06:30:00 (ưu tiên) → group:huyen-a" in out
+    assert run("hub", "--home", home, "status", "--json") == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["id"] == "xa-1" and rows[0]["online"] is False
+    assert run("hub", "--home", home, "status") == 0
+    assert "mất kết nối" in capsys.readouterr().out
+    cfg = station_config.load(home / "stations" / "xa-1" / "station.toml")
+    assert cfg.station_id == "xa-1" and cfg.groups == ("huyen-a",)
+    assert (home / "stations" / "xa-1" / "station.key").stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["announce", "--content", "ffff", "--at", "now"], "not found"),
+    (["announce", "--text", "x", "--tts", "espeak-ng", "--at", "32/13/2030 25:00"], "bad time"),
+    (["announce", "--text", "x", "--tts", "espeak-ng", "--to", "group:nope"], "unknown target"),
+    (["announce", "--text", "x", "--tts", "espeak-ng", "--priority", "gấp"], "unknown priority"),
+    (["announce", "--text", "x", "--tts", "espeak-ng", "--every", "FREQ=NEVER"], "RRULE"),
+    (["station", "add", "bad/id", "--name", "x"], "station"),
+    (["content", "add", "/no/such.wav"], "no such file"),
+])
+def test_user_errors_are_clear_and_change_nothing(home, capsys, args, message):
+    from hub.store import HubStore
+    assert run("hub", "--home", home, *args) == 2
+    assert message in capsys.readouterr().err
+    s = HubStore(home / "hub.db")
+    assert s.items() == [] and s.stations() == []
+    s.close()
+
+
+def test_corrupt_upload_names_the_file(home, tmp_path, capsys):
+    bad = tmp_path / "ban-tin.mp3"
+    bad.write_bytes(b"ID3" + b"\x00garbage" * 50)
+    assert run("hub", "--home", home, "content", "add", bad) == 2
+    assert "ban-tin.mp3" in capsys.readouterr().err
+
+
+def test_hub_init_refuses_to_overwrite(home, capsys):
+    assert run("hub", "--home", home, "init") == 2
+    assert "already holds a hub" in capsys.readouterr().err
+
+
+def test_no_hub_yet(tmp_path, capsys):
+    assert run("hub", "--home", tmp_path / "none", "status") == 2
+    assert "loaxa hub init" in capsys.readouterr().err
+
+
+def test_station_config_reports_every_error_at_once(tmp_path):
+    p = tmp_path / "station.toml"
+    p.write_text('[station]\nid = "a/b"\nclock = "ntp"\n[broker]\nport = 70000\n'
+                 '[keys]\nhub_public = "xyz"\n[hardware]\nbackend = "arduino"\n[extra]\n')
+    with pytest.raises(station_config.ConfigError) as exc:
+        station_config.load(p)
+    text = str(exc.value)
+    for part in ("id = 'a/b'", "clock", "port 70000", "hub_public", "station_key",
+                 "arduino", "unknown section [extra]"):
+        assert part in text
+
+
+def test_console_script_runs():
+    proc = subprocess.run([sys.executable, "-m", "deploy.cli", "--help"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0 and "hub" in proc.stdout and "demo" in proc.stdout

@@ -1,0 +1,78 @@
+"""The hub's store and planner on a real SQLite file."""
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from hub import planner
+from hub.cli import announce, init_hub, add_station
+from hub import config as hubconfig
+from hub.store import HubStore, migrations
+from protocol.envelope import KeyRing, Signer, verify
+from schedules import Priority
+
+NOW = datetime(2030, 1, 1, 1, 0, tzinfo=timezone.utc)
+SHA = "b" * 64
+
+
+@pytest.fixture
+def hub(tmp_path):
+    signer = init_hub(tmp_path / "hub", broker_host="127.0.0.1", broker_port=1883)
+    cfg = hubconfig.load(tmp_path / "hub")
+    for sid, groups in (("a", ["g1"]), ("b", ["g2"])):
+        add_station(cfg, sid, name=f"Xã {sid}", groups=groups, out=tmp_path / sid)
+    store = HubStore(cfg.db_path)
+    store.add_content(sha=SHA, data=b"x" * 10, title="t", source="s", text="", engine="upload",
+                      codec="opus", duration_ms=2000, now=NOW)
+    yield store, signer
+    store.close()
+
+
+def test_migrations_run_once(tmp_path):
+    s = HubStore(tmp_path / "h.db")
+    assert migrations.apply(s.db) == []  # already applied at open
+    s.close()
+    s = HubStore(tmp_path / "h.db")
+    assert [r["name"] for r in s.q("SELECT name FROM _migrations")] == ["m001_initial"]
+    s.close()
+
+
+def test_events_are_stored_once_per_station_and_sequence(hub):
+    store, _ = hub
+    ev = [{"seq": 1, "kind": "playback", "at": "2030-01-01T01:00:00.000Z",
+           "data": {"occurrence": "i@x", "outcome": "played"}},
+          {"seq": 2, "kind": "refused", "at": "2030-01-01T01:00:01.000Z", "data": {}}]
+    assert store.store_events("a", ev, NOW) == [1, 2]
+    assert store.store_events("a", ev, NOW) == [1, 2]  # a resend is acknowledged again
+    assert store.store_events("b", ev[:1], NOW) == [1]
+    assert len(store.q("SELECT * FROM events")) == 3
+    assert len(store.q("SELECT * FROM playbacks WHERE station_id = 'a'")) == 1
+
+
+def test_planner_versions_only_on_change_and_targets_groups(hub):
+    store, signer = hub
+    ring = KeyRing()
+    ring.add(signer.public, "hub")
+    assert planner.plan_station(store, signer, "a", NOW, None) is not None  # empty v1
+    assert planner.plan_station(store, signer, "a", NOW, None) is None       # unchanged
+    content = store.content(SHA)
+    announce(store, content=content, when=NOW + timedelta(hours=1), priority=Priority.UU_TIEN,
+             target="group:g1", every=None, now=NOW)
+    raw = planner.plan_station(store, signer, "a", NOW, None)
+    env = verify(raw, ring, now=NOW, kind="bundle")
+    assert env.seq == 2 and env.body["version"] == 2 and env.body["station"] == "a"
+    assert [i["priority"] for i in env.body["items"]] == [2]
+    assert list(env.body["content"]) == [SHA]
+    b = verify(planner.plan_station(store, signer, "b", NOW, None), ring, now=NOW)
+    assert b.body["items"] == []  # b is not in g1
+    # re-signed before it expires, even without a change
+    later = NOW + planner.BUNDLE_TTL - timedelta(days=6)
+    assert verify(planner.plan_station(store, signer, "a", later, None), ring, now=later).seq == 3
+
+
+def test_past_one_off_items_leave_the_bundle(hub):
+    store, signer = hub
+    announce(store, content=store.content(SHA), when=NOW, priority=Priority.THONG_THUONG,
+             target="all", every=None, now=NOW)
+    assert len(planner.programme(store, "a", NOW, None)["items"]) == 1
+    assert planner.programme(store, "a", NOW + timedelta(days=2), None)["items"] == []
