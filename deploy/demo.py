@@ -17,6 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from audio.player import file_sink_config
+from hub.display import outcome_vi, show
 from protocol.clock import SystemClock
 
 from .broker import BrokerError, Mosquitto
@@ -59,7 +60,6 @@ def cmd_demo(args) -> int:
     from hub import config as hubconfig
     from hub.cli import add_content_text, add_station, announce, init_hub
     from hub.store import HubStore
-    from hub.display import outcome_vi, show
     from schedules import Priority
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="loaxa-demo-"))
@@ -99,7 +99,7 @@ def cmd_demo(args) -> int:
             procs.append(_spawn(["agent", "run", "--config",
                                  str(work / "stations" / sid / "station.toml")],
                                 logs / f"{sid}.log"))
-        return _watch(args, store, work, procs, t0, show)
+        return _watch(args, store, work, procs, t0)
     finally:
         for p in procs:
             p.terminate()
@@ -111,7 +111,7 @@ def cmd_demo(args) -> int:
         broker.stop()
 
 
-def _watch(args, store, work: Path, procs, t0: float, show) -> int:
+def _watch(args, store, work: Path, procs, t0: float) -> int:
     live = not args.once and sys.stdout.isatty()
     last_text = ""
     deadline = t0 + args.timeout
