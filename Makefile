@@ -5,9 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 
 setup:
-	@bash deploy/setup.sh
+	@bash deploy/setup.sh test
 
-demo: setup
+demo:
+	@bash deploy/setup.sh demo
 	$(BIN)/loaxa demo
 
 test: setup

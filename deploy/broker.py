@@ -30,7 +30,62 @@ def find_mosquitto() -> str | None:
         "/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None)
 
 
+class EmbeddedBroker:
+    """amqtt in a subprocess on a free loopback port: the demo's fallback (MQTT 3.1.1 only)."""
+
+    protocol = "3.1.1"
+
+    def __init__(self, workdir: str | os.PathLike[str], *, port: int | None = None) -> None:
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.log = self.dir / "amqtt.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 20.0) -> "EmbeddedBroker":
+        import sys
+        logf = open(self.log, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "deploy.embedded_broker",
+                                      str(self.port)], stdout=logf, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        logf.close()
+        _wait_listening(self.proc, self.port, timeout, self.log, "amqtt")
+        return self
+
+    def stop(self, *, kill: bool = False) -> None:
+        _stop(self.proc, kill)
+        self.proc = None
+
+
+def _wait_listening(proc: subprocess.Popen, port: int, timeout: float, log: Path,
+                    name: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BrokerError(f"{name} exited {proc.returncode}: "
+                              f"{log.read_text(errors='replace')[-500:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)  # polling for the port to open, not waiting on a schedule
+    _stop(proc, True)
+    raise BrokerError(f"{name} did not listen on {port} within {timeout}s")
+
+
+def _stop(proc: subprocess.Popen | None, kill: bool) -> None:
+    if proc and proc.poll() is None:
+        proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class Mosquitto:
+    protocol = "5"
+
     def __init__(self, workdir: str | os.PathLike[str], *, port: int | None = None,
                  persistence: bool = False, extra: str = "") -> None:
         exe = find_mosquitto()
@@ -67,27 +122,11 @@ class Mosquitto:
         self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=logf,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         logf.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise BrokerError(f"mosquitto exited {self.proc.returncode}: "
-                                  f"{self.log.read_text(errors='replace')[-500:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
-            except OSError:
-                time.sleep(0.02)  # polling for the port to open, not waiting on a schedule
-        self.stop()
-        raise BrokerError(f"mosquitto did not listen on {self.port} within {timeout}s")
+        _wait_listening(self.proc, self.port, timeout, self.log, "mosquitto")
+        return self
 
     def stop(self, *, kill: bool = False) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _stop(self.proc, kill)
         self.proc = None
 
     def __enter__(self) -> "Mosquitto":
@@ -95,3 +134,14 @@ class Mosquitto:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def start_broker(workdir: str | os.PathLike[str]) -> Mosquitto | EmbeddedBroker:
+    """mosquitto if installed, else the embedded amqtt broker with a warning."""
+    if find_mosquitto():
+        return Mosquitto(workdir).start()
+    import logging
+    logging.getLogger("loaxa.broker").warning(
+        "mosquitto is not installed: using the embedded amqtt broker (MQTT 3.1.1, slower, no "
+        "offline queues). For the real thing: apt-get install mosquitto")
+    return EmbeddedBroker(workdir).start()

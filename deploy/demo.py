@@ -20,7 +20,7 @@ from audio.player import file_sink_config
 from hub.display import outcome_vi, show
 from protocol.clock import SystemClock
 
-from .broker import BrokerError, Mosquitto
+from .broker import BrokerError, EmbeddedBroker, Mosquitto, start_broker
 
 ANNOUNCEMENT = ("Thông báo của Ủy ban nhân dân xã. Đây là bản tin thử nghiệm của hệ thống "
                 "loa xã. Xin cảm ơn bà con.")
@@ -37,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--workdir", type=Path, help="keep everything here (default: a temp folder)")
     p.add_argument("--text", default=ANNOUNCEMENT)
+    p.add_argument("--broker", choices=["auto", "mosquitto", "embedded"], default="auto",
+                   help="auto: mosquitto if installed, else the embedded amqtt broker")
     p.set_defaults(fn=cmd_demo)
 
 
@@ -70,13 +72,15 @@ def cmd_demo(args) -> int:
     t0 = time.monotonic()
     procs: list[subprocess.Popen] = []
     try:
-        broker = Mosquitto(work / "broker").start()
+        broker = {"auto": start_broker, "mosquitto": lambda d: Mosquitto(d).start(),
+                  "embedded": lambda d: EmbeddedBroker(d).start()}[args.broker](work / "broker")
     except BrokerError as exc:
         print(f"loaxa demo: {exc}", file=sys.stderr)
         return 3
     try:
         home = work / "hub"
-        init_hub(home, broker_host="127.0.0.1", broker_port=broker.port)
+        init_hub(home, broker_host="127.0.0.1", broker_port=broker.port,
+                 protocol=broker.protocol)
         cfg = hubconfig.load(home)
         for sid, name in STATIONS:
             sdir = work / "stations" / sid
@@ -91,7 +95,8 @@ def cmd_demo(args) -> int:
         announce(store, content=content, when=when, priority=Priority.UU_TIEN, target="all",
                  every=None, now=clock.now())
         print(f"loaxa demo: thư mục / folder {work}")
-        print(f"  broker mosquitto 127.0.0.1:{broker.port}; giọng đọc / voice "
+        print(f"  broker {type(broker).__name__.lower()} 127.0.0.1:{broker.port} "
+              f"(MQTT {broker.protocol}); giọng đọc / voice "
               f"{content['engine']}, {content['duration_ms'] / 1000:.1f} s, {content['size']} B")
         print(f"  phát lúc / plays at {show(when)} (Asia/Ho_Chi_Minh)")
         procs.append(_spawn(["hub", "--home", str(home), "serve"], logs / "hub.log"))

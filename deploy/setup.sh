@@ -5,12 +5,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# usage: setup.sh [demo|test]. The demo can fall back to an embedded broker without
+# mosquitto; the tests always use a real mosquitto.
+purpose=${1:-test}
 want_debs=(mosquitto ffmpeg espeak-ng alsa-utils)
 need_cmds=(mosquitto ffmpeg ffprobe espeak-ng)
 missing=()
 for c in "${need_cmds[@]}"; do
   if ! command -v "$c" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$c" ]; then missing+=("$c"); fi
 done
+if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" != 0 ] && [ "$purpose" = demo ] \
+   && [ "${missing[*]}" = mosquitto ]; then
+  echo "setup: mosquitto is not installed; the demo will use its embedded broker." >&2
+  echo "setup: for the real broker, as root: apt-get install -y mosquitto" >&2
+  missing=()
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "setup: installing Debian packages: ${want_debs[*]}"
