@@ -19,7 +19,7 @@ from schedules.model import ScheduleError
 
 from . import config as hubconfig
 from .config import HubError
-from .service import HubService
+from .link import HubLink
 from .store import HubStore
 from .display import outcome_vi, parse_date, parse_when, show
 
@@ -300,7 +300,7 @@ def cmd_status(args) -> int:
 def cmd_serve(args) -> int:
     cfg, store = _store(args)
     signer = Signer.load(cfg.key_path, cfg.hub_id)
-    svc = HubService(store=store, signer=signer, topics=Topics(cfg.prefix), broker=cfg.broker,
+    svc = HubLink(store=store, signer=signer, topics=Topics(cfg.prefix), broker=cfg.broker,
                      clock=make_clock(cfg.clock), quiet=cfg.quiet)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

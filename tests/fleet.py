@@ -15,7 +15,7 @@ from pathlib import Path
 from audio.player import file_sink_config
 from hub import config as hubconfig
 from hub.cli import add_content_text, add_station, announce, init_hub
-from hub.service import HubService
+from hub.link import HubLink
 from hub.store import HubStore
 from protocol.clock import FileClock
 from protocol.envelope import Signer
@@ -46,7 +46,7 @@ class Fleet:
                         audio_device="loaxa_sink", alsa_config="sink.conf",
                         clock=f"file:{self.clock_file}")
         self.store = HubStore(self.cfg.db_path)
-        self.hub: HubService | None = None
+        self.hub: HubLink | None = None
         self._hub_stop = threading.Event()
         self._hub_thread: threading.Thread | None = None
 
@@ -58,7 +58,7 @@ class Fleet:
         # its own connection, like `loaxa hub serve` beside the CLI: commits made through
         # self.store are seen as changes (PRAGMA data_version)
         self._hub_store = HubStore(self.cfg.db_path)
-        self.hub = HubService(store=self._hub_store, signer=Signer.load(self.cfg.key_path, "hub"),
+        self.hub = HubLink(store=self._hub_store, signer=Signer.load(self.cfg.key_path, "hub"),
                               topics=Topics(self.cfg.prefix), broker=self.cfg.broker,
                               clock=self.clock)
         self._hub_stop.clear()

@@ -1,6 +1,6 @@
 """`loaxa hub serve`: publishes bundles, serves audio, ingests and acknowledges reports.
 
-paho's thread only queues messages; this service's own thread does everything else.
+paho's thread only queues messages; the hub's own thread does everything else.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ REPLAN_EVERY_S = 30.0
 _CONNECTED = Inbound("$local/connected", b"", False)
 
 
-class HubService:
+class HubLink:
     def __init__(self, *, store: HubStore, signer: Signer, topics: Topics, broker: BrokerConfig,
                  clock: Clock, quiet: QuietHours | None = None) -> None:
         self.store = store
