@@ -4,6 +4,7 @@ paho's thread only queues messages; the hub's own thread does everything else.
 """
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -11,7 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from protocol import chunks
-from protocol.clock import Clock, iso
+from protocol.clock import Clock, iso, parse_iso
 from protocol.envelope import KeyRing, Reason, Refused, Signer, public_from_text, seal, verify
 from protocol.mqtt import BrokerConfig, Inbound, MqttLink, Will
 from protocol.topics import Topics
@@ -147,6 +148,9 @@ class HubLink:
                 self._on_report(sid, env.body)
             elif leaf == "fetch" and env.kind == "fetch":
                 self._on_fetch(sid, env.body)
+            elif leaf == "fetch" and env.kind == "time":
+                self.link.publish(self.topics.ack(sid), self._seal(
+                    "time", {"time": iso(self.clock.now())}, timedelta(minutes=5)))
             else:
                 raise Refused(Reason.WRONG_KIND, f"{env.kind} on {leaf}")
         except Refused as r:
@@ -173,17 +177,39 @@ class HubLink:
                 self._count("stale.birth")
                 return
             since = cur.get("since") if cur.get("online") and env.seq == cur_bdseq else iso(now)
-            self.store.set_state(
-                sid, online=1, since=since, bdseq=env.seq, last_seen=iso(now),
-                held_version=int(body.get("held_version") or 0),
-                active_version=int(body.get("active_version") or 0),
-                missing=",".join(body.get("missing") or []), station_clock=body.get("clock"))
+            self.store.set_state(sid, online=1, since=since, bdseq=env.seq, last_seen=iso(now))
+            self._apply_summary(sid, body)
+            self._reconcile(sid, body)
         else:
             if env.seq < cur_bdseq:  # the will of an older connection, after a fresh birth
                 self._count("stale.will")
                 log.info("ignored stale will of %s (bdseq %d < %d)", sid, env.seq, cur_bdseq)
                 return
-            self.store.set_state(sid, online=0, since=iso(now), bdseq=env.seq)
+            if cur.get("online") or not cur:
+                self.store.set_state(sid, online=0, since=iso(now), bdseq=env.seq,
+                                     offline_count=(cur.get("offline_count") or 0) + 1)
+
+    def _apply_summary(self, sid: str, s: dict[str, Any]) -> None:
+        """The station's live state as it says it now (births and every report)."""
+        try:
+            self.store.set_state(
+                sid, held_version=int(s.get("held_version") or 0),
+                active_version=int(s.get("active_version") or 0),
+                missing=",".join(str(m) for m in s.get("missing") or []),
+                alarms=json.dumps(s.get("alarms") or {}, ensure_ascii=False),
+                clock_trusted=int(bool(s.get("clock_trusted", True))),
+                station_clock=str(s.get("clock") or ""), outbox=int(s.get("outbox") or 0))
+        except (TypeError, ValueError):
+            raise Refused(Reason.MALFORMED, "bad station state summary") from None
+
+    def _reconcile(self, sid: str, summary: dict[str, Any]) -> None:
+        """Desired state: a station holding an older programme gets the current one again
+        (the broker may have lost the retained copy)."""
+        latest = self.store.latest_bundle(sid)
+        if latest and int(summary.get("held_version") or 0) < latest["version"]:
+            self.link.publish(self.topics.bundle(sid), latest["raw"].encode("utf-8"),
+                              retain=True)
+            self._count("reconciled")
 
     def _on_report(self, sid: str, body: dict[str, Any]) -> None:
         events = body.get("events")
@@ -194,28 +220,32 @@ class HubLink:
                     and isinstance(e.get("kind"), str) and isinstance(e.get("at"), str)
                     and isinstance(e.get("data"), dict)):
                 raise Refused(Reason.MALFORMED, "an event lacks seq, kind, at or data")
-        stored = self.store.store_events(sid, events, self.clock.now())
-        self._apply_events(sid, events)
-        # acknowledged only after the commit above
-        self.link.publish(self.topics.ack(sid), self._seal("ack", {"seqs": stored},
-                                                            timedelta(days=1)))
-
-    def _apply_events(self, sid: str, events: list[dict[str, Any]]) -> None:
-        for e in events:
-            if e["kind"] == "bundle.activated":
-                v = e["data"].get("version")
+        try:
+            sent_at = parse_iso(body["sent_at"]) if body.get("sent_at") else None
+        except ValueError:
+            raise Refused(Reason.MALFORMED, "bad sent_at") from None
+        new = self.store.store_events(sid, events, self.clock.now(), sent_at)
+        if isinstance(body.get("state"), dict):
+            self._apply_summary(sid, body["state"])
+        for e in new:
+            if e["kind"] == "agent.started" and not e["historical"]:
                 cur = self.store.state(sid) or {}
-                if isinstance(v, int) and v > (cur.get("active_version") or 0):
-                    self.store.set_state(sid, active_version=v, missing="")
+                self.store.set_state(sid, started_at=e["at"],
+                                     restarts=(cur.get("restarts") or 0) + 1)
+        # acknowledged only after the commit above: every seq of the batch is now stored
+        self.link.publish(self.topics.ack(sid), self._seal(
+            "ack", {"seqs": [e["seq"] for e in events]}, timedelta(days=1)))
 
     def _on_fetch(self, sid: str, body: dict[str, Any]) -> None:
         sha, offset = body.get("sha"), body.get("offset", 0)
+        length = body.get("length", 1 << 40)
         if not (isinstance(sha, str) and chunks.SHA_RE.match(sha) and isinstance(offset, int)
-                and offset >= 0):
-            raise Refused(Reason.MALFORMED, "fetch needs a sha and an offset")
+                and offset >= 0 and isinstance(length, int) and length > 0):
+            raise Refused(Reason.MALFORMED, "fetch needs a sha, an offset and a length")
         if self.store.content(sha) is None:
             raise Refused(Reason.MALFORMED, f"no content {sha[:12]}")
         blob = self.store.content_path(sha).read_bytes()
-        for raw in chunks.iter_chunks(sha, blob, start=min(offset, len(blob))):
+        start = min(offset, len(blob))
+        for raw in chunks.iter_chunks(sha, blob, start=start, stop=start + length):
             self.link.publish(self.topics.audio(sid), raw)
-        self._count("audio.served")
+            self._count("audio.bytes_sent")

@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from protocol.clock import iso
+from protocol.clock import iso, parse_iso
 from protocol.storage import Migrations, open_db
 
 migrations = Migrations("hub")
@@ -47,6 +47,22 @@ def m001_initial(db) -> None:
     db["refusals"].create({"id": int, "at": str, "station_id": str, "topic": str,
                            "reason": str, "detail": str}, pk="id")
     db["settings"].create({"key": str, "value": str}, pk="key")
+
+
+@migrations
+def m002_live_state_and_alarms(db) -> None:
+    db["events"].add_column("historical", int, not_null_default=0)
+    db["playbacks"].add_column("historical", int, not_null_default=0)
+    for col, typ in (("alarms", str), ("clock_trusted", int), ("outbox", int),
+                     ("started_at", str), ("restarts", int), ("offline_count", int)):
+        db["station_state"].add_column(col, typ)
+    db["alarms"].create({"id": int, "station_id": str, "code": str, "detail": str,
+                         "raised_at": str, "cleared_at": str, "historical": int,
+                         "acked_at": str, "acked_by": str, "ack_note": str}, pk="id")
+    db["alarms"].create_index(["station_id", "code", "cleared_at"])
+
+
+HISTORICAL_AFTER_S = 60  # an event sent this long after it happened is history, not news
 
 
 class HubStore:
@@ -155,28 +171,58 @@ class HubStore:
                                        "raw": raw.decode("utf-8")})
 
     # -- reports ---------------------------------------------------------------------------
-    def store_events(self, sid: str, events: list[dict[str, Any]], now: datetime) -> list[int]:
-        """Insert a station's events once each (dedup on (station, seq)) in one transaction;
-        return every seq now stored, new or seen before, so all can be acknowledged."""
-        stored: list[int] = []
+    def store_events(self, sid: str, events: list[dict[str, Any]], now: datetime,
+                     sent_at: datetime | None = None) -> list[dict[str, Any]]:
+        """Insert a station's events once each (dedup on (station, seq)) in one transaction.
+        An event sent long after it happened (by the station's own clock) is marked
+        historical. Returns the events that were new, each with its ``historical`` flag."""
+        new: list[dict[str, Any]] = []
         with self.lock, self.db.atomic():
             for e in events:
+                historical = 0
+                if sent_at is not None:
+                    try:
+                        lag = (sent_at - parse_iso(e["at"])).total_seconds()
+                        historical = int(lag > HISTORICAL_AFTER_S)
+                    except ValueError:
+                        historical = 1
                 cur = self.db.execute(
-                    "INSERT OR IGNORE INTO events(station_id, seq, kind, at, data, received_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT OR IGNORE INTO events(station_id, seq, kind, at, data, received_at, "
+                    "historical) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [sid, e["seq"], e["kind"], e["at"], json.dumps(e["data"], ensure_ascii=False),
-                     iso(now)])
-                stored.append(e["seq"])
-                if cur.rowcount and e["kind"] == "playback":
-                    d = e["data"]
+                     iso(now), historical])
+                if not cur.rowcount:
+                    continue
+                new.append({**e, "historical": historical})
+                d = e["data"]
+                if e["kind"] == "playback":
                     self.db.execute(
-                        "INSERT INTO playbacks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO playbacks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         [sid, e["seq"], d.get("occurrence"), d.get("item"), d.get("content"),
                          d.get("scheduled"), d.get("started"), d.get("ended"), d.get("outcome"),
-                         d.get("detail", ""), iso(now)])
+                         d.get("detail", ""), iso(now), historical])
+                elif e["kind"] == "alarm" and isinstance(d.get("code"), str):
+                    self._alarm_history(sid, d, e["at"], historical)
             self.db.execute("UPDATE station_state SET last_seen = ? WHERE station_id = ?",
                             [iso(now), sid])
-        return stored
+        return new
+
+    def _alarm_history(self, sid: str, d: dict[str, Any], at: str, historical: int) -> None:
+        open_row = self.db.execute(
+            "SELECT id FROM alarms WHERE station_id = ? AND code = ? AND cleared_at IS NULL",
+            [sid, d["code"]]).fetchone()
+        if d.get("active"):
+            if open_row is None:
+                self.db["alarms"].insert({"station_id": sid, "code": d["code"],
+                                          "detail": str(d.get("detail", ""))[:500],
+                                          "raised_at": at, "historical": historical})
+        elif open_row is not None:
+            self.db.execute("UPDATE alarms SET cleared_at = ? WHERE id = ?", [at, open_row[0]])
+
+    def open_alarms(self, sid: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM alarms WHERE cleared_at IS NULL"
+        return self.q(sql + (" AND station_id = ?" if sid else "") + " ORDER BY raised_at",
+                      [sid] if sid else [])
 
     def record_refusal(self, now: datetime, sid: str | None, topic: str, reason: str,
                        detail: str) -> None:

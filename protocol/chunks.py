@@ -58,7 +58,10 @@ def decode(raw: bytes) -> Chunk:
     return Chunk(sha, offset, total, data)
 
 
-def iter_chunks(sha: str, blob: bytes, start: int = 0, size: int = CHUNK_SIZE):
+def iter_chunks(sha: str, blob: bytes, start: int = 0, size: int = CHUNK_SIZE,
+                stop: int | None = None):
+    """Chunks covering [start, stop) of ``blob`` (to its end by default)."""
     total = len(blob)
-    for off in range(start, max(total, 1), size):
-        yield encode(sha, off, total, blob[off:off + size])
+    end = total if stop is None else min(stop, total)
+    for off in range(start, max(end, 1), size):
+        yield encode(sha, off, total, blob[off:min(off + size, end) if total else 0])

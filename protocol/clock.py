@@ -2,9 +2,9 @@
 
 - ``SystemClock``: the machine's clock.
 - ``ManualClock``: in-process tests move it by hand.
-- ``FileClock``: the machine's clock plus an offset kept in a file, so a drill, the demo or a
-  test can set the time of a running hub or station process (like setting a Pi's clock)
-  without sleeping. The offset file holds seconds as text; a missing file means offset 0.
+- ``FileClock``: the machine's clocks plus offsets kept in a file, so a drill or a test can
+  step the clock of a running hub or station (like setting a Pi's clock) or let time pass,
+  without sleeping. A missing file means no offset.
 """
 from __future__ import annotations
 
@@ -59,38 +59,64 @@ class ManualClock:
 
 
 class FileClock:
+    """System time plus offsets kept in a file: ``"<wall offset s> <monotonic offset s>"``.
+
+    ``set_time`` steps the wall clock only, as ``date -s`` or a Pi booting at 1970 does;
+    ``pass_time`` makes time go by (wall and monotonic together), as if the process had been
+    running all along. Clock-trust checks can tell the two apart, as on real hardware.
+    """
+
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._cached: tuple[float, float] | None = None  # (mtime_ns, offset)
+        self._cached: tuple[int, tuple[float, float]] | None = None
 
-    def offset(self) -> float:
+    def offsets(self) -> tuple[float, float]:
         try:
             st = self.path.stat()
         except FileNotFoundError:
-            return 0.0
+            return (0.0, 0.0)
         if self._cached and self._cached[0] == st.st_mtime_ns:
             return self._cached[1]
-        try:
-            value = float(self.path.read_text().strip() or 0)
-        except (OSError, ValueError):
-            value = self._cached[1] if self._cached else 0.0
+        value = _read_offsets(self.path, self._cached[1] if self._cached else (0.0, 0.0))
         self._cached = (st.st_mtime_ns, value)
         return value
 
     def now(self) -> datetime:
-        return datetime.now(timezone.utc) + timedelta(seconds=self.offset())
+        return datetime.now(timezone.utc) + timedelta(seconds=self.offsets()[0])
 
     def monotonic(self) -> float:
-        return time.monotonic()
+        return time.monotonic() + self.offsets()[1]
 
     @staticmethod
     def set_time(path: str | os.PathLike[str], when: datetime) -> None:
-        """Make every FileClock on ``path`` read ``when`` from now on (atomic replace)."""
-        offset = when.timestamp() - time.time()
-        p = Path(path)
-        tmp = p.with_suffix(p.suffix + ".tmp")
-        tmp.write_text(f"{offset:.6f}\n")
-        os.replace(tmp, p)
+        """Step the wall clock to ``when`` (monotonic time does not move)."""
+        _, mono = _read_offsets(Path(path), (0.0, 0.0))
+        _write_offsets(Path(path), when.timestamp() - time.time(), mono)
+
+    @staticmethod
+    def pass_time(path: str | os.PathLike[str], until: datetime) -> None:
+        """Let time pass until ``until``: wall and monotonic clocks move forward together."""
+        wall, mono = _read_offsets(Path(path), (0.0, 0.0))
+        delta = until.timestamp() - (time.time() + wall)
+        if delta < 0:
+            raise ValueError("time does not pass backwards; use set_time to step a clock")
+        _write_offsets(Path(path), wall + delta, mono + delta)
+
+
+def _read_offsets(path: Path, default: tuple[float, float]) -> tuple[float, float]:
+    try:
+        parts = path.read_text().split()
+        return (float(parts[0]), float(parts[1]) if len(parts) > 1 else 0.0)
+    except FileNotFoundError:
+        return (0.0, 0.0)
+    except (OSError, ValueError, IndexError):
+        return default
+
+
+def _write_offsets(path: Path, wall: float, mono: float) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(f"{wall:.6f} {mono:.6f}\n")
+    os.replace(tmp, path)
 
 
 def make_clock(spec: str | None) -> Clock:

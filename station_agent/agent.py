@@ -5,10 +5,12 @@ else happens on the agent's own thread in ``step()``, so the store is used from 
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 from datetime import datetime, timedelta
@@ -18,12 +20,13 @@ from typing import Any
 from hardware import Wiring, open_board
 from audio import AlsaPlayer
 from protocol import chunks
-from protocol.clock import Clock, iso, make_clock
+from protocol.clock import Clock, iso, make_clock, parse_iso
 from protocol.envelope import KeyRing, Reason, Refused, Signer, public_from_text, seal, verify
 from protocol.mqtt import Inbound, MqttLink, Will
 from protocol.topics import Topics
 from schedules import Item
 
+from .clocktrust import ClockTrust
 from .config import StationConfig
 from .runner import Runner
 from .store import StationStore
@@ -32,6 +35,8 @@ log = logging.getLogger("loaxa.agent")
 REPORT_BATCH = 100
 STATE_TTL = timedelta(days=30)
 REPORT_TTL = timedelta(days=30)
+FETCH_WINDOW = 256 * 1024   # bytes asked for at a time: a re-request repeats at most this
+TRUST_SAVE_EVERY_S = 60.0
 _CONNECTED = Inbound("$local/connected", b"", False)
 
 
@@ -60,12 +65,24 @@ class Agent:
         )
         self._sent: dict[int, float] = {}        # outbox seq -> monotonic time last sent
         self._fetching: dict[str, float] = {}    # sha -> monotonic time of last progress
+        self._window_end: dict[str, int] = {}    # sha -> end of the window asked for
         self._status_path = Path(cfg.data_dir) / "status.json"
         self._last_status: dict[str, Any] | None = None
+        self._last_status_mono = -1e9
+        self.trust = ClockTrust(max_step_s=cfg.clock_max_step_s,
+                                max_hub_skew_s=cfg.clock_max_skew_s)
+        self._trust_saved = -1e9
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
-        self.runner.recover()
+        now, mono = self.clock.now(), self.clock.monotonic()
+        interrupted = self.runner.recover()
+        last = self.store.get("clock.last_trusted")
+        change = self.trust.start(now, mono, parse_iso(last) if last else None)
+        self.store.event("agent.started", {"interrupted": interrupted,
+                                           "clock": iso(now)}, now)
+        if change:
+            self._clock_changed(change)
         self.link.start()
 
     def stop(self) -> None:
@@ -84,6 +101,13 @@ class Agent:
             self.stop()
 
     def step(self) -> None:
+        now, mono = self.clock.now(), self.clock.monotonic()
+        change = self.trust.observe(now, mono)
+        if change:
+            self._clock_changed(change)
+        elif self.trust.trusted and mono - self._trust_saved >= TRUST_SAVE_EVERY_S:
+            self.store.put("clock.last_trusted", iso(now))
+            self._trust_saved = mono
         for _ in range(200):
             try:
                 msg = self.link.inbox.get_nowait()
@@ -91,10 +115,42 @@ class Agent:
                 break
             self.handle(msg)
         self._try_activate()
-        self.runner.tick()
+        self.runner.tick(timed=self.trust.trusted)
         self._request_audio()
         self._flush_reports()
         self._write_status()
+
+    # -- alarms and clock ------------------------------------------------------------------
+    def alarm(self, code: str, active: bool, detail: str = "") -> None:
+        """Raise or clear an alarm: once per transition, as an event, remembered across
+        restarts so every birth and report says which alarms stand."""
+        key = f"alarm.{code}"
+        if (self.store.get(key) is not None) == active:
+            return
+        now = self.clock.now()
+        with self.store.db.atomic():
+            if active:
+                self.store.put(key, detail)
+            else:
+                self.store.db.execute("DELETE FROM meta WHERE key = ?", [key])
+            self.store.event("alarm", {"code": code, "active": active, "detail": detail}, now)
+        (log.warning if active else log.info)("alarm %s %s: %s", code,
+                                              "raised" if active else "cleared", detail)
+
+    def alarms(self) -> dict[str, str]:
+        rows = self.store.db.execute("SELECT key, value FROM meta WHERE key LIKE 'alarm.%'")
+        return {k[6:]: v for k, v in rows.fetchall()}
+
+    def _clock_changed(self, change) -> None:
+        self.alarm("clock", not change.trusted, change.detail)
+        if not change.trusted:
+            self._ask_time()
+        else:
+            self.store.put("clock.last_trusted", iso(self.clock.now()))
+
+    def _ask_time(self) -> None:
+        raw = self._seal("time", {"clock": iso(self.clock.now())}, timedelta(minutes=5))
+        self.link.publish(self.topics.fetch(self.id), raw)
 
     # -- outgoing --------------------------------------------------------------------------
     def _seal(self, kind: str, body: dict, ttl: timedelta, seq: int = 0) -> bytes:
@@ -104,20 +160,27 @@ class Agent:
         return Will(self.topics.state(self.id),
                     self._seal("state", {"online": False, "bdseq": bdseq}, STATE_TTL, bdseq))
 
-    def _birth(self) -> None:
+    def summary(self) -> dict[str, Any]:
+        """The station's live state, sent with every birth and every report."""
         held = self.store.held_bundle()
         active = self.store.active_bundle()
         pending = self.store.pending_bundle()
         wanted = list((pending or active or (0, {}))[1].get("content", {}))
-        body = {"online": True, "bdseq": self.link.bdseq, "name": self.cfg.name,
-                "held_version": held[0] if held else 0,
+        return {"held_version": held[0] if held else 0,
                 "active_version": active[0] if active else 0,
-                "missing": self.store.missing_audio(wanted), "clock": iso(self.clock.now())}
+                "missing": self.store.missing_audio(wanted), "alarms": self.alarms(),
+                "clock": iso(self.clock.now()), "clock_trusted": self.trust.trusted,
+                "outbox": self.store.outbox_size()}
+
+    def _birth(self) -> None:
+        body = {"online": True, "bdseq": self.link.bdseq, "name": self.cfg.name,
+                **self.summary()}
         self.link.publish(self.topics.state(self.id),
                           self._seal("state", body, STATE_TTL, self.link.bdseq), retain=True)
+        self._ask_time()
         self._sent.clear()  # resend anything unacknowledged on the new connection
         for sha in list(self._fetching):
-            self._fetching[sha] = 0.0
+            self._fetching[sha] = -1e9
 
     def _flush_reports(self) -> None:
         if not self.link.connected.is_set():
@@ -127,7 +190,8 @@ class Agent:
                  if mono - self._sent.get(e["seq"], -1e9) >= self.cfg.report_retry_s]
         if not batch:
             return
-        raw = self._seal("report", {"events": batch}, REPORT_TTL, batch[-1]["seq"])
+        body = {"events": batch, "sent_at": iso(self.clock.now()), "state": self.summary()}
+        raw = self._seal("report", body, REPORT_TTL, batch[-1]["seq"])
         if self.link.publish(self.topics.events(self.id), raw):
             for e in batch:
                 self._sent[e["seq"]] = mono
@@ -137,14 +201,29 @@ class Agent:
         if not pending or not self.link.connected.is_set():
             return
         mono = self.clock.monotonic()
-        for sha in self.store.missing_audio(list(pending[1].get("content", {}))):
+        content = pending[1].get("content", {})
+        missing = self.store.missing_audio(list(content))
+        need = sum(int(content[s].get("size") or 0) - self.store.part_size(s) for s in missing)
+        free = shutil.disk_usage(self.store.audio_dir).free
+        if missing and free - need < self.cfg.min_free_bytes:
+            self.alarm("disk_full", True, f"{free // 2**20} MiB free, {need // 2**20} MiB of "
+                       f"audio wanted, {self.cfg.min_free_bytes // 2**20} MiB kept in reserve")
+            return
+        if self.store.get("alarm.disk_full") is not None:
+            self.alarm("disk_full", False, f"{free // 2**20} MiB free")
+        for sha in missing:
             last = self._fetching.get(sha)
             if last is not None and mono - last < self.cfg.fetch_retry_s:
                 continue
-            offset = self.store.part_size(sha)
-            raw = self._seal("fetch", {"sha": sha, "offset": offset}, timedelta(minutes=10))
-            if self.link.publish(self.topics.fetch(self.id), raw):
-                self._fetching[sha] = mono
+            self._ask_window(sha, mono)
+
+    def _ask_window(self, sha: str, mono: float) -> None:
+        offset = self.store.part_size(sha)
+        raw = self._seal("fetch", {"sha": sha, "offset": offset, "length": FETCH_WINDOW},
+                         timedelta(minutes=10))
+        if self.link.publish(self.topics.fetch(self.id), raw):
+            self._fetching[sha] = mono
+            self._window_end[sha] = offset + FETCH_WINDOW
 
     # -- incoming --------------------------------------------------------------------------
     def handle(self, msg: Inbound) -> None:
@@ -158,7 +237,15 @@ class Agent:
             elif msg.topic == t.audio(self.id):
                 self._on_chunk(msg.payload)
             elif msg.topic == t.ack(self.id):
-                env = verify(msg.payload, self.hub_keys, now=self.clock.now(), kind="ack")
+                env = verify(msg.payload, self.hub_keys, now=self.clock.now())
+                if not msg.retain:  # a fresh message: the hub's clock at the time it was signed
+                    change = self.trust.observe_hub(env.iat, self.clock.now())
+                    if change:
+                        self._clock_changed(change)
+                if env.kind == "time":
+                    return
+                if env.kind != "ack":
+                    raise Refused(Reason.WRONG_KIND, f"{env.kind} on the ack topic")
                 seqs = env.body.get("seqs")
                 if not isinstance(seqs, list) or not all(isinstance(s, int) for s in seqs):
                     raise Refused(Reason.MALFORMED, "ack without a list of sequence numbers")
@@ -215,18 +302,31 @@ class Agent:
             log.info("bundle %d active", pending[0])
 
     def _on_chunk(self, raw: bytes) -> None:
+        self.store.bump("audio.bytes_received", len(raw))
         c = chunks.decode(raw)  # raises Refused on a malformed or corrupt chunk
         if c.sha not in self._fetching or self.store.has_audio(c.sha):
             self.store.bump("ignored.chunk")
             return
         have = self.store.part_size(c.sha)
         if c.offset != have:
+            self.store.bump("ignored.chunk")
             if c.offset > have:  # a gap: ask again from where we are
-                self._fetching[c.sha] = 0.0
+                self._fetching[c.sha] = -1e9
             return
-        size = self.store.append_part(c.sha, c.data)
-        self._fetching[c.sha] = self.clock.monotonic()
+        try:
+            size = self.store.append_part(c.sha, c.data)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            self.store.discard_part(c.sha)
+            self._fetching.pop(c.sha, None)
+            self.alarm("disk_full", True, f"no space left while storing {c.sha[:12]}")
+            return
+        mono = self.clock.monotonic()
+        self._fetching[c.sha] = mono
         if size < c.total:
+            if size >= self._window_end.get(c.sha, 0):
+                self._ask_window(c.sha, mono)
             return
         digest = _sha256_file(self.store.part_path(c.sha))
         if digest != c.sha:
@@ -234,10 +334,15 @@ class Agent:
             raise Refused(Reason.BAD_AUDIO, f"audio {c.sha[:12]} arrived with hash {digest[:12]}")
         self.store.keep_audio(c.sha, self.clock.now())
         self._fetching.pop(c.sha, None)
+        self._window_end.pop(c.sha, None)
         self._try_activate()
 
     # -- local status (read by the demo and the local console) ----------------------------
     def _write_status(self) -> None:
+        mono = self.clock.monotonic()
+        if mono - self._last_status_mono < 0.2:
+            return
+        self._last_status_mono = mono
         active = self.store.active_bundle()
         pending = self.store.pending_bundle()
         wanted = list((pending or active or (0, {}))[1].get("content", {}))
@@ -245,7 +350,9 @@ class Agent:
               "active_version": active[0] if active else 0,
               "pending_version": pending[0] if pending else None,
               "audio_missing": len(self.store.missing_audio(wanted)),
-              "outbox": self.store.outbox_size(), **self.runner.status()}
+              "outbox": self.store.outbox_size(), "clock_trusted": self.trust.trusted,
+              "alarms": self.alarms(), "counters": self.store.counters(),
+              **self.runner.status()}
         if st != self._last_status:
             tmp = self._status_path.with_suffix(".tmp")
             tmp.write_text(json.dumps({**st, "at": iso(self.clock.now())}))

@@ -40,6 +40,9 @@ class StationConfig:
     sim: dict[str, Any] = field(default_factory=dict)
     fetch_retry_s: int = 15
     report_retry_s: int = 10
+    min_free_bytes: int = 64 * 2**20
+    clock_max_step_s: float = 30.0
+    clock_max_skew_s: float = 60.0
 
 
 def _get(d: dict, key: str, typ: type | tuple, errors: list[str], where: str, default=...):
@@ -124,16 +127,19 @@ def load(path: str | Path) -> StationConfig:
         errors.append(f"[hardware] backend = {backend!r}: simulated, rpigpio or lgpio")
     wiring = {k: v for k, v in hw.items() if k not in ("backend", "simulated",
                                                         "power_good_timeout_ms")}
-    alsa_config = _get(au, "alsa_config", str, errors, "audio", None)
-    if errors:
-        raise ConfigError(f"{path}:\n  " + "\n  ".join(errors))
-    return StationConfig(
+    values = dict(
         station_id=sid, name=_get(st, "name", str, errors, "station", sid), groups=tuple(groups),
         data_dir=data_dir, station_key=station_key, hub_public=hub_public,
         hub_sender=_get(keys, "hub_sender", str, errors, "keys", "hub"),
         prefix=_get(br, "prefix", str, errors, "broker", "loaxa"), broker=broker, clock=clock,
         audio_device=_get(au, "device", str, errors, "audio", "default"),
-        alsa_config=rel(alsa_config), warmup_ms=_get(au, "warmup_ms", int, errors, "audio", 500),
+        alsa_config=rel(_get(au, "alsa_config", str, errors, "audio", None)),
+        warmup_ms=_get(au, "warmup_ms", int, errors, "audio", 500),
         power_good_timeout_ms=_get(hw, "power_good_timeout_ms", int, errors, "hardware", 3000),
         hardware_backend=backend, wiring=wiring, sim=dict(hw.get("simulated", {})),
+        min_free_bytes=(_get(st, "min_free_mb", int, errors, "station", 64) or 0) * 2**20,
+        clock_max_skew_s=float(_get(st, "clock_max_skew_s", int, errors, "station", 60) or 60),
     )
+    if errors:
+        raise ConfigError(f"{path}:\n  " + "\n  ".join(errors))
+    return StationConfig(**values)

@@ -60,13 +60,15 @@ class Runner:
         return self._items, self._quiet
 
     # -- lifecycle -------------------------------------------------------------------------
-    def recover(self) -> None:
+    def recover(self) -> int:
         """After a restart: the amplifier off, and any playback cut by the crash recorded once
-        as interrupted (never replayed)."""
+        as interrupted (never replayed). Returns how many."""
         self.board.amp_off()
         now = self.clock.now()
-        for key in self.store.interrupted_plays():
+        keys = self.store.interrupted_plays()
+        for key in keys:
             self.store.finish_play(key, "interrupted", "agent restarted during playback", now)
+        return len(keys)
 
     def shutdown(self) -> None:
         if self.current:
@@ -74,8 +76,14 @@ class Runner:
         self.board.amp_off()
 
     # -- the loop --------------------------------------------------------------------------
-    def tick(self) -> None:
+    def tick(self, timed: bool = True) -> None:
+        """``timed=False`` while the clock is not trusted: what plays finishes, nothing timed
+        starts and nothing is declared missed on the strength of a wrong clock."""
         now = self.clock.now()
+        if not timed:
+            if self.current is not None:
+                self._advance(now)
+            return
         items, quiet = self._programme()
         self._sweep_missed(items, quiet, now)
         best = next((o for o in startable_at(items, now, quiet=quiet)

@@ -105,7 +105,12 @@ class Fleet:
         return (self.station_dir(sid) / "agent.log").read_text(errors="replace")
 
     # -- actions ---------------------------------------------------------------------------
-    def set_time(self, when: datetime) -> None:
+    def pass_time(self, until: datetime) -> None:
+        """Time goes by until ``until`` for the hub and every station (no sleeping)."""
+        FileClock.pass_time(self.clock_file, until)
+
+    def step_clock(self, when: datetime) -> None:
+        """Set the wall clock (as after a power cut or a bad NTP answer)."""
         FileClock.set_time(self.clock_file, when)
 
     def content(self, text: str) -> dict:

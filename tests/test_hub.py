@@ -33,7 +33,8 @@ def test_migrations_run_once(tmp_path):
     assert migrations.apply(s.db) == []  # already applied at open
     s.close()
     s = HubStore(tmp_path / "h.db")
-    assert [r["name"] for r in s.q("SELECT name FROM _migrations")] == ["m001_initial"]
+    assert [r["name"] for r in s.q("SELECT name FROM _migrations")] == \
+        ["m001_initial", "m002_live_state_and_alarms"]
     s.close()
 
 
@@ -42,9 +43,9 @@ def test_events_are_stored_once_per_station_and_sequence(hub):
     ev = [{"seq": 1, "kind": "playback", "at": "2030-01-01T01:00:00.000Z",
            "data": {"occurrence": "i@x", "outcome": "played"}},
           {"seq": 2, "kind": "refused", "at": "2030-01-01T01:00:01.000Z", "data": {}}]
-    assert store.store_events("a", ev, NOW) == [1, 2]
-    assert store.store_events("a", ev, NOW) == [1, 2]  # a resend is acknowledged again
-    assert store.store_events("b", ev[:1], NOW) == [1]
+    assert [e["seq"] for e in store.store_events("a", ev, NOW)] == [1, 2]
+    assert store.store_events("a", ev, NOW) == []  # a resend stores nothing new
+    assert [e["seq"] for e in store.store_events("b", ev[:1], NOW)] == [1]
     assert len(store.q("SELECT * FROM events")) == 3
     assert len(store.q("SELECT * FROM playbacks WHERE station_id = 'a'")) == 1
 
@@ -76,3 +77,17 @@ def test_past_one_off_items_leave_the_bundle(hub):
              target="all", every=None, now=NOW)
     assert len(planner.programme(store, "a", NOW, None)["items"]) == 1
     assert planner.programme(store, "a", NOW + timedelta(days=2), None)["items"] == []
+
+
+def test_late_events_are_historical_and_alarms_keep_their_history(hub):
+    store, _ = hub
+    sent = NOW + timedelta(hours=3)
+    ev = [{"seq": 1, "kind": "alarm", "at": "2030-01-01T01:00:00.000Z",
+           "data": {"code": "clock", "active": True, "detail": "jumped"}},
+          {"seq": 2, "kind": "alarm", "at": "2030-01-01T04:00:00.000Z",
+           "data": {"code": "clock", "active": False, "detail": ""}}]
+    new = store.store_events("a", ev, sent, sent_at=sent)
+    assert [e["historical"] for e in new] == [1, 0]
+    [row] = store.q("SELECT * FROM alarms")
+    assert row["code"] == "clock" and row["cleared_at"] == "2030-01-01T04:00:00.000Z"
+    assert store.open_alarms("a") == []

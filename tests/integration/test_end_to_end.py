@@ -54,7 +54,7 @@ def test_scheduled_item_plays_on_every_station_and_is_recorded_once(fleet):
     content = _ready(fleet)
     for sid in STATIONS:
         assert not (fleet.station_dir(sid) / "sink.wav").exists()
-    fleet.set_time(T)
+    fleet.pass_time(T)
     wait_for(lambda: len(fleet.playbacks()) == 3, 30, "three playback records at the hub")
     for sid in STATIONS:
         _check_played_on_time(fleet, content, sid)
@@ -69,7 +69,7 @@ def test_stations_play_on_time_without_the_broker_and_report_after(fleet, tmp_pa
     fleet.broker.stop()
     for sid in STATIONS:
         wait_for(lambda: fleet.status(sid).get("connected") is False, 20, f"{sid} offline")
-    fleet.set_time(T)
+    fleet.pass_time(T)
     for sid in STATIONS:
         wait_for(lambda: fleet.station_db(sid, "SELECT outcome FROM plays") == [("played",)],
                  30, f"{sid} to play offline")

@@ -76,13 +76,13 @@ def test_refused_messages_change_nothing_and_are_reported(fleet, attacker):
     path.write_bytes(bytes(data))
     fleet.schedule(third, T + timedelta(minutes=30))
     wait_for(lambda: "bad_audio" in refusals(fleet), 30, "a bad_audio refusal")
-    st = fleet.status(SID)
-    assert st["active_version"] == 2 and st["pending_version"] == 3
+    wait_for(lambda: fleet.status(SID).get("pending_version") == 3, 5, "status to show v3")
+    assert fleet.status(SID)["active_version"] == 2
     assert not (fleet.station_dir(SID) / "data" / "audio" / f"{third['sha']}.opus").exists()
 
     # still running, and still playing programme 2, unchanged
     assert fleet.procs[SID].poll() is None
-    fleet.set_time(T)
+    fleet.pass_time(T)
     wait_for(lambda: fleet.playbacks(SID), 30, "the playback of programme 2")
     [rec] = fleet.playbacks(SID)
     assert rec["outcome"] == "played" and rec["content_sha"] == second["sha"]
