@@ -159,23 +159,40 @@ def status_rows(store: HubStore) -> list[dict]:
                      "since": s.get("since"), "desired": latest["version"] if latest else 0,
                      "active": s.get("active_version") or 0,
                      "missing": [m for m in (s.get("missing") or "").split(",") if m],
+                     "clock_trusted": s.get("clock_trusted") != 0,
+                     "outbox": s.get("outbox") or 0, "restarts": s.get("restarts") or 0,
+                     "started_at": s.get("started_at"),
+                     "alarms": [{"code": a["code"], "detail": a["detail"],
+                                 "since": a["raised_at"]} for a in store.open_alarms(st["id"])],
                      "last_seen": s.get("last_seen"), "last_play": last[0] if last else None})
     return rows
 
 
 def render_status(rows: list[dict]) -> str:
     head = ["Trạm", "Tên", "Kết nối", "Từ lúc", "Bản phát (hub/trạm)", "Thiếu âm thanh",
-            "Lần phát gần nhất"]
+            "Đồng hồ", "Chờ gửi", "Khởi động lại", "Lần phát gần nhất"]
     table = [head]
     for r in rows:
         lp = r["last_play"]
         table.append([
             r["id"], r["name"], "trực tuyến" if r["online"] else "mất kết nối", show(r["since"]),
-            f"{r['desired']}/{r['active']}", str(len(r["missing"])) if r["missing"] else "0",
-            f"{outcome_vi(lp['outcome'])} {show(lp['started_at'] or lp['scheduled_at'])}" if lp else "—",
+            f"{r['desired']}/{r['active']}", str(len(r["missing"])),
+            "đúng" if r["clock_trusted"] else "SAI", str(r["outbox"]),
+            f"{r['restarts']} (lần cuối {show(r['started_at'])})" if r["started_at"] else "—",
+            f"{outcome_vi(lp['outcome'])} {show(lp['started_at'] or lp['scheduled_at'])}"
+            if lp else "—",
         ])
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in table)
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in table]
+    alarms = [(r["id"], a) for r in rows for a in r["alarms"]]
+    if alarms:
+        lines += ["", "Cảnh báo đang mở / open alarms:"]
+        lines += [f"  {sid}  {ALARMS_VI.get(a['code'], a['code'])} từ {show(a['since'])}: "
+                  f"{a['detail']}" for sid, a in alarms]
+    return "\n".join(lines)
+
+
+ALARMS_VI = {"clock": "đồng hồ sai", "disk_full": "đầy bộ nhớ"}
 
 
 # -- argparse wiring -------------------------------------------------------------------------

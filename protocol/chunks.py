@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from .envelope import Reason, Refused, canonical
 
 MAGIC = b"LXA1"
-CHUNK_SIZE = 64 * 1024
+CHUNK_SIZE = 16 * 1024  # small, so a chunk repeated after a lost ack costs little
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 

@@ -32,11 +32,11 @@ from .runner import Runner
 from .store import StationStore
 
 log = logging.getLogger("loaxa.agent")
-REPORT_BATCH = 100
 STATE_TTL = timedelta(days=30)
 REPORT_TTL = timedelta(days=30)
 FETCH_WINDOW = 256 * 1024   # bytes asked for at a time: a re-request repeats at most this
 TRUST_SAVE_EVERY_S = 60.0
+TIME_ASK_EVERY_S = 10.0
 _CONNECTED = Inbound("$local/connected", b"", False)
 
 
@@ -72,6 +72,7 @@ class Agent:
         self.trust = ClockTrust(max_step_s=cfg.clock_max_step_s,
                                 max_hub_skew_s=cfg.clock_max_skew_s)
         self._trust_saved = -1e9
+        self._time_asked = -1e9
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -108,6 +109,8 @@ class Agent:
         elif self.trust.trusted and mono - self._trust_saved >= TRUST_SAVE_EVERY_S:
             self.store.put("clock.last_trusted", iso(now))
             self._trust_saved = mono
+        elif not self.trust.trusted and mono - self._time_asked >= TIME_ASK_EVERY_S:
+            self._ask_time()
         for _ in range(200):
             try:
                 msg = self.link.inbox.get_nowait()
@@ -149,6 +152,7 @@ class Agent:
             self.store.put("clock.last_trusted", iso(self.clock.now()))
 
     def _ask_time(self) -> None:
+        self._time_asked = self.clock.monotonic()
         raw = self._seal("time", {"clock": iso(self.clock.now())}, timedelta(minutes=5))
         self.link.publish(self.topics.fetch(self.id), raw)
 
@@ -186,7 +190,7 @@ class Agent:
         if not self.link.connected.is_set():
             return
         mono = self.clock.monotonic()
-        batch = [e for e in self.store.pending_events(REPORT_BATCH)
+        batch = [e for e in self.store.pending_events(self.cfg.report_batch)
                  if mono - self._sent.get(e["seq"], -1e9) >= self.cfg.report_retry_s]
         if not batch:
             return

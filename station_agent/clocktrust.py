@@ -30,9 +30,12 @@ class ClockTrust:
         self._last: tuple[datetime, float] | None = None
 
     def _set(self, trusted: bool, detail: str) -> Change | None:
+        """A Change on every transition, and on each new anomaly while untrusted (so the
+        station asks the hub's time again)."""
         if trusted == self.trusted:
-            if not trusted:
+            if not trusted and detail != self.detail:
                 self.detail = detail
+                return Change(False, detail)
             return None
         self.trusted, self.detail = trusted, detail
         return Change(trusted, detail)

@@ -41,6 +41,7 @@ class StationConfig:
     fetch_retry_s: int = 15
     report_retry_s: int = 10
     min_free_bytes: int = 64 * 2**20
+    report_batch: int = 100
     clock_max_step_s: float = 30.0
     clock_max_skew_s: float = 60.0
 
@@ -138,6 +139,7 @@ def load(path: str | Path) -> StationConfig:
         power_good_timeout_ms=_get(hw, "power_good_timeout_ms", int, errors, "hardware", 3000),
         hardware_backend=backend, wiring=wiring, sim=dict(hw.get("simulated", {})),
         min_free_bytes=(_get(st, "min_free_mb", int, errors, "station", 64) or 0) * 2**20,
+        report_batch=max(1, min(500, _get(st, "report_batch", int, errors, "station", 100) or 100)),
         clock_max_skew_s=float(_get(st, "clock_max_skew_s", int, errors, "station", 60) or 60),
     )
     if errors:

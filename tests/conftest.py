@@ -42,3 +42,31 @@ def sink(tmp_path):
     wav = tmp_path / "sink.wav"
     conf.write_text(file_sink_config(wav))
     return conf, wav
+
+
+_FIGURES: dict[str, dict] = {}
+
+
+@pytest.fixture
+def figures(request):
+    """Record a measured number: printed at the end of the run and written to
+    build/fault-figures.json, where docs/reliability.md takes its figures from."""
+    def record(name: str, value: float, unit: str, bound: float | None = None) -> None:
+        _FIGURES[name] = {"value": round(value, 3), "unit": unit, "bound": bound,
+                          "test": request.node.nodeid}
+    return record
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _FIGURES:
+        return
+    import json
+    out = ROOT / "build" / "fault-figures.json"
+    out.parent.mkdir(exist_ok=True)
+    old = json.loads(out.read_text()) if out.exists() else {}
+    old.update(_FIGURES)
+    out.write_text(json.dumps(old, indent=1, ensure_ascii=False))
+    terminalreporter.section("measured figures")
+    for name, f in sorted(_FIGURES.items()):
+        bound = f" (bound {f['bound']} {f['unit']})" if f["bound"] is not None else ""
+        terminalreporter.write_line(f"{name}: {f['value']} {f['unit']}{bound}")

@@ -25,12 +25,31 @@ from schedules import Priority
 from conftest import ROOT, wait_for
 
 
+def patch_toml(path: Path, section: str, key: str, value) -> None:
+    """Set ``key = value`` in ``[section]`` of a TOML file written by `station add`."""
+    lines = path.read_text().splitlines()
+    rendered = f"{key} = {json.dumps(value)}"
+    start = lines.index(f"[{section}]")
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")), len(lines))
+    for i in range(start + 1, end):
+        if lines[i].split("=")[0].strip() == key:
+            lines[i] = rendered
+            break
+    else:
+        lines.insert(start + 1, rendered)
+    path.write_text("\n".join(lines) + "\n")
+
+
 class Fleet:
-    def __init__(self, tmp: Path, broker, station_ids: list[str], *, start: datetime) -> None:
+    def __init__(self, tmp: Path, broker, station_ids: list[str], *, start: datetime,
+                 station: dict | None = None) -> None:
+        """``station``: extra settings for every station.toml, {section: {key: value}}."""
         self.tmp = tmp
         self.broker = broker
         self.clock_file = tmp / "clock"
-        FileClock.set_time(self.clock_file, start)
+        self.clock_files = [self.clock_file] + [tmp / f"clock-{sid}" for sid in station_ids]
+        for f in self.clock_files:
+            FileClock.set_time(f, start)
         self.clock = FileClock(self.clock_file)
         self.home = tmp / "hub"
         self.signer = init_hub(self.home, broker_host="127.0.0.1", broker_port=broker.port,
@@ -44,7 +63,10 @@ class Fleet:
             (d / "sink.conf").write_text(file_sink_config(d / "sink.wav"))
             add_station(self.cfg, sid, name=f"Đài xã {sid}", groups=["g1"], out=d,
                         audio_device="loaxa_sink", alsa_config="sink.conf",
-                        clock=f"file:{self.clock_file}")
+                        clock=f"file:{tmp / f'clock-{sid}'}")
+            for section, values in (station or {}).items():
+                for k, v in values.items():
+                    patch_toml(d / "station.toml", section, k, v)
         self.store = HubStore(self.cfg.db_path)
         self.hub: HubLink | None = None
         self._hub_stop = threading.Event()
@@ -53,6 +75,19 @@ class Fleet:
     # -- parts -----------------------------------------------------------------------------
     def station_dir(self, sid: str) -> Path:
         return self.tmp / "stations" / sid
+
+    def route(self, sid: str, port: int) -> None:
+        """Point a station at another port (a LinkProxy in front of the broker)."""
+        patch_toml(self.station_dir(sid) / "station.toml", "broker", "port", port)
+
+    def start_hub_process(self) -> None:
+        """`loaxa hub serve` as its own process, so a test can SIGKILL it."""
+        log = open(self.tmp / "hub.log", "ab")
+        self.hub_proc = subprocess.Popen(
+            [sys.executable, "-m", "deploy.cli", "hub", "--home", str(self.home), "serve"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT)
+        log.close()
 
     def start_hub(self) -> None:
         # its own connection, like `loaxa hub serve` beside the CLI: commits made through
@@ -99,6 +134,9 @@ class Fleet:
             except subprocess.TimeoutExpired:
                 p.kill()
         self.stop_hub()
+        if getattr(self, "hub_proc", None) and self.hub_proc.poll() is None:
+            self.hub_proc.kill()
+            self.hub_proc.wait()
         self.store.close()
 
     def log(self, sid: str) -> str:
@@ -106,12 +144,15 @@ class Fleet:
 
     # -- actions ---------------------------------------------------------------------------
     def pass_time(self, until: datetime) -> None:
-        """Time goes by until ``until`` for the hub and every station (no sleeping)."""
-        FileClock.pass_time(self.clock_file, until)
+        """Time goes by until ``until`` (hub time) for the hub and every station, each clock
+        keeping its own error (no sleeping)."""
+        delta = (until - self.clock.now()).total_seconds()
+        for f in self.clock_files:
+            FileClock.pass_time(f, FileClock(f).now() + timedelta(seconds=delta))
 
-    def step_clock(self, when: datetime) -> None:
-        """Set the wall clock (as after a power cut or a bad NTP answer)."""
-        FileClock.set_time(self.clock_file, when)
+    def step_clock(self, sid: str, when: datetime) -> None:
+        """Set one station's wall clock (as after a power cut or a bad NTP answer)."""
+        FileClock.set_time(self.tmp / f"clock-{sid}", when)
 
     def content(self, text: str) -> dict:
         return add_content_text(self.store, text, title=text[:40], now=self.clock.now(),
@@ -138,8 +179,8 @@ class Fleet:
         finally:
             conn.close()
 
-    def wait_active(self, version: int, timeout: float = 30.0) -> None:
-        for sid in self.ids:
+    def wait_active(self, version: int, timeout: float = 30.0, ids=None) -> None:
+        for sid in ids or self.ids:
             wait_for(lambda: self.status(sid).get("active_version") == version, timeout,
                      f"{sid} to activate bundle {version}\n{self.log(sid)[-2000:]}")
 
