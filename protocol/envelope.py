@@ -224,14 +224,15 @@ def _float_refused(text: str) -> float:
 
 
 def verify(
-    raw: bytes, keys: KeyRing, *, now: datetime, kind: str | None = None,
+    raw: bytes, keys: KeyRing, *, now: datetime | None, kind: str | None = None,
     sender: str | None = None, min_seq: int | None = None,
 ) -> Envelope:
     """Return the envelope or raise ``Refused`` with the first reason it fails.
 
     Order: oversize, malformed, version, unknown key, bad signature, kind/sender, expired,
     replayed (``seq < min_seq``). A message's own claims are trusted only after its
-    signature checks out.
+    signature checks out. ``now=None`` skips the expiry check, for messages judged by
+    sequence or nonce because the signer's clock may be wrong (docs/protocol.md).
     """
     doc = parse(raw)
     entry = keys.get(doc["kid"])
@@ -255,7 +256,7 @@ def verify(
         iat, exp = parse_iso(doc["iat"]), parse_iso(doc["exp"])
     except ValueError as exc:
         raise Refused(Reason.MALFORMED, str(exc)) from None
-    if exp <= now:
+    if now is not None and exp <= now:
         raise Refused(Reason.EXPIRED, f"expired {doc['exp']}, now {iso(now)}")
     if min_seq is not None and doc["seq"] < min_seq:
         raise Refused(Reason.REPLAYED, f"seq {doc['seq']} older than {min_seq}")

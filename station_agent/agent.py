@@ -73,6 +73,7 @@ class Agent:
                                 max_hub_skew_s=cfg.clock_max_skew_s)
         self._trust_saved = -1e9
         self._time_asked = -1e9
+        self._time_nonce: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -153,7 +154,9 @@ class Agent:
 
     def _ask_time(self) -> None:
         self._time_asked = self.clock.monotonic()
-        raw = self._seal("time", {"clock": iso(self.clock.now())}, timedelta(minutes=5))
+        self._time_nonce = os.urandom(12).hex()
+        raw = self._seal("time", {"clock": iso(self.clock.now()), "nonce": self._time_nonce},
+                         timedelta(minutes=5))
         self.link.publish(self.topics.fetch(self.id), raw)
 
     # -- outgoing --------------------------------------------------------------------------
@@ -241,12 +244,16 @@ class Agent:
             elif msg.topic == t.audio(self.id):
                 self._on_chunk(msg.payload)
             elif msg.topic == t.ack(self.id):
-                env = verify(msg.payload, self.hub_keys, now=self.clock.now())
-                if not msg.retain:  # a fresh message: the hub's clock at the time it was signed
+                # acks are idempotent and time replies carry our nonce: neither is judged
+                # by our own clock, which may be the very thing that is wrong
+                env = verify(msg.payload, self.hub_keys, now=None)
+                if env.kind == "time":
+                    if env.body.get("nonce") != self._time_nonce:
+                        raise Refused(Reason.REPLAYED, "time reply to no question of ours")
+                    self._time_nonce = None
                     change = self.trust.observe_hub(env.iat, self.clock.now())
                     if change:
                         self._clock_changed(change)
-                if env.kind == "time":
                     return
                 if env.kind != "ack":
                     raise Refused(Reason.WRONG_KIND, f"{env.kind} on the ack topic")
