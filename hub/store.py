@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol.clock import iso, parse_iso
-from protocol.storage import Migrations, open_db
+from protocol.storage import Migrations, open_db, write
 
 migrations = Migrations("hub")
 
@@ -92,13 +92,13 @@ class HubStore:
         return row[0] if row else default
 
     def set_setting(self, key: str, value: str) -> None:
-        with self.db.atomic():
+        with write(self.db):
             self.db["settings"].upsert({"key": key, "value": value}, pk="key")
 
     # -- stations and groups ---------------------------------------------------------------
     def add_station(self, sid: str, name: str, public_key: str, groups: list[str],
                     now: datetime) -> None:
-        with self.lock, self.db.atomic():
+        with self.lock, write(self.db):
             if self.db.execute("SELECT 1 FROM stations WHERE id = ?", [sid]).fetchone():
                 raise ValueError(f"station {sid} already exists")
             self.db["stations"].insert({"id": sid, "name": name, "public_key": public_key,
@@ -136,7 +136,7 @@ class HubStore:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        with self.lock, self.db.atomic():
+        with self.lock, write(self.db):
             if self.q("SELECT 1 FROM content WHERE sha = ?", [sha]):
                 return False
             self.db["content"].insert({"sha": sha, "title": title, "source": source,
@@ -151,7 +151,7 @@ class HubStore:
 
     # -- schedule items --------------------------------------------------------------------
     def add_item(self, row: dict[str, Any]) -> None:
-        with self.lock, self.db.atomic():
+        with self.lock, write(self.db):
             self.db["schedule_items"].insert(row)
 
     def items(self) -> list[dict[str, Any]]:
@@ -165,7 +165,7 @@ class HubStore:
 
     def add_bundle(self, sid: str, version: int, digest: str, issued: datetime,
                    expires: datetime, raw: bytes) -> None:
-        with self.lock, self.db.atomic():
+        with self.lock, write(self.db):
             self.db["bundles"].insert({"station_id": sid, "version": version, "digest": digest,
                                        "issued_at": iso(issued), "expires_at": iso(expires),
                                        "raw": raw.decode("utf-8")})
@@ -177,7 +177,7 @@ class HubStore:
         An event sent long after it happened (by the station's own clock) is marked
         historical. Returns the events that were new, each with its ``historical`` flag."""
         new: list[dict[str, Any]] = []
-        with self.lock, self.db.atomic():
+        with self.lock, write(self.db):
             for e in events:
                 historical = 0
                 if sent_at is not None:
@@ -226,7 +226,7 @@ class HubStore:
 
     def record_refusal(self, now: datetime, sid: str | None, topic: str, reason: str,
                        detail: str) -> None:
-        with self.lock, self.db.atomic():
+        with self.lock, write(self.db):
             self.db["refusals"].insert({"at": iso(now), "station_id": sid, "topic": topic,
                                         "reason": reason, "detail": detail[:500]})
 
@@ -235,5 +235,5 @@ class HubStore:
         return rows[0] if rows else None
 
     def set_state(self, sid: str, **fields: Any) -> None:
-        with self.lock, self.db.atomic():
+        with self.lock, write(self.db):
             self.db["station_state"].upsert({"station_id": sid, **fields}, pk="station_id")

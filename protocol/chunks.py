@@ -1,25 +1,25 @@
 """Binary audio chunks.
 
 Audio is addressed by the SHA-256 of the whole file, which the signed bundle names, so the
-bytes themselves need no signature. A chunk is::
+bytes themselves need no signature. A chunk is a fixed 84-byte header and the data::
 
-    b"LXA1" | uint32 big-endian header length | header (canonical JSON) | data
+    b"LXA2" | file sha256 (32 bytes) | offset (uint64 BE) | total (uint64 BE)
+            | sha256 of data (32 bytes) | data
 
-with header ``{"sha": <file sha256 hex>, "offset": int, "total": int, "chunk_sha": <sha256
-hex of data>}``. A receiver appends chunks in order, checks each chunk's hash, and checks the
-whole file's hash before it keeps the file.
+A receiver appends chunks in order, checks each chunk's hash, and checks the whole file's
+hash before it keeps the file.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import struct
 from dataclasses import dataclass
 
-from .envelope import Reason, Refused, canonical
+from .envelope import Reason, Refused
 
-MAGIC = b"LXA1"
+MAGIC = b"LXA2"
+HEADER = struct.Struct(">4s32sQQ32s")
 CHUNK_SIZE = 16 * 1024  # small, so a chunk repeated after a lost ack costs little
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -33,29 +33,20 @@ class Chunk:
 
 
 def encode(sha: str, offset: int, total: int, data: bytes) -> bytes:
-    header = canonical({"sha": sha, "offset": offset, "total": total,
-                        "chunk_sha": hashlib.sha256(data).hexdigest()})
-    return MAGIC + struct.pack(">I", len(header)) + header + data
+    return HEADER.pack(MAGIC, bytes.fromhex(sha), offset, total,
+                       hashlib.sha256(data).digest()) + data
 
 
 def decode(raw: bytes) -> Chunk:
-    if len(raw) < 8 or raw[:4] != MAGIC:
+    if len(raw) < HEADER.size or raw[:4] != MAGIC:
         raise Refused(Reason.MALFORMED, "not an audio chunk")
-    (hlen,) = struct.unpack(">I", raw[4:8])
-    if hlen > 1024 or 8 + hlen > len(raw):
-        raise Refused(Reason.MALFORMED, "bad chunk header length")
-    try:
-        h = json.loads(raw[8:8 + hlen].decode("utf-8"))
-        sha, offset, total, chunk_sha = h["sha"], h["offset"], h["total"], h["chunk_sha"]
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        raise Refused(Reason.MALFORMED, "bad chunk header") from None
-    data = raw[8 + hlen:]
-    if not (isinstance(sha, str) and SHA_RE.match(sha) and isinstance(offset, int)
-            and isinstance(total, int) and 0 <= offset and offset + len(data) <= total):
+    _, sha, offset, total, chunk_sha = HEADER.unpack_from(raw)
+    data = raw[HEADER.size:]
+    if offset + len(data) > total or len(data) > 4 * CHUNK_SIZE:
         raise Refused(Reason.MALFORMED, "chunk header out of range")
-    if hashlib.sha256(data).hexdigest() != chunk_sha:
-        raise Refused(Reason.BAD_AUDIO, f"chunk at {offset} of {sha[:12]} is corrupt")
-    return Chunk(sha, offset, total, data)
+    if hashlib.sha256(data).digest() != chunk_sha:
+        raise Refused(Reason.BAD_AUDIO, f"chunk at {offset} of {sha.hex()[:12]} is corrupt")
+    return Chunk(sha.hex(), offset, total, data)
 
 
 def iter_chunks(sha: str, blob: bytes, start: int = 0, size: int = CHUNK_SIZE,

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Callable
+from typing import Callable, Iterator
 
 import sqlite_utils
 
@@ -23,6 +24,25 @@ def open_db(path: str | os.PathLike[str]) -> sqlite_utils.Database:
     db.execute("PRAGMA foreign_keys=ON")
     db.execute("PRAGMA busy_timeout=10000")
     return db
+
+
+@contextmanager
+def write(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
+    """A write transaction that takes the write lock at BEGIN (IMMEDIATE), so it waits for
+    another writer (busy_timeout) instead of failing when a read-then-write transaction
+    cannot be upgraded; nested, a savepoint."""
+    if db.conn.in_transaction:
+        with db.atomic():
+            yield db
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        if db.conn.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 class Migrations:
@@ -45,7 +65,7 @@ class Migrations:
         for name, fn in self.steps:
             if name in done:
                 continue
-            with db.atomic():
+            with write(db):
                 fn(db)
                 db.execute("INSERT INTO _migrations VALUES (?, ?, ?)",
                            [self.scope, name, datetime.now(timezone.utc).isoformat()])

@@ -23,6 +23,7 @@ from protocol import chunks
 from protocol.clock import Clock, iso, make_clock, parse_iso
 from protocol.envelope import KeyRing, Reason, Refused, Signer, public_from_text, seal, verify
 from protocol.mqtt import Inbound, MqttLink, Will
+from protocol.storage import write
 from protocol.topics import Topics
 from schedules import Item
 
@@ -132,7 +133,7 @@ class Agent:
         if (self.store.get(key) is not None) == active:
             return
         now = self.clock.now()
-        with self.store.db.atomic():
+        with write(self.store.db):
             if active:
                 self.store.put(key, detail)
             else:

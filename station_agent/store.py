@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from protocol.clock import iso
-from protocol.storage import Migrations, open_db
+from protocol.storage import Migrations, open_db, write
 
 migrations = Migrations("station")
 
@@ -52,7 +52,7 @@ class StationStore:
                         "DO UPDATE SET value = excluded.value", [key, str(value)])
 
     def bump(self, counter: str, by: int = 1) -> int:
-        with self._lock, self.db.atomic():
+        with self._lock, write(self.db):
             n = int(self.get(f"count.{counter}", "0")) + by
             self.put(f"count.{counter}", n)
             return n
@@ -62,7 +62,7 @@ class StationStore:
         return {k[6:]: int(v) for k, v in rows.fetchall()}
 
     def next_bdseq(self) -> int:
-        with self._lock, self.db.atomic():
+        with self._lock, write(self.db):
             n = int(self.get("bdseq", "0")) + 1
             self.put("bdseq", n)
             return n
@@ -77,7 +77,7 @@ class StationStore:
         return seq
 
     def event(self, kind: str, data: dict[str, Any], at: datetime) -> int:
-        with self._lock, self.db.atomic():
+        with self._lock, write(self.db):
             return self._event(kind, data, at)
 
     def pending_events(self, limit: int = 100) -> list[dict[str, Any]]:
@@ -89,7 +89,7 @@ class StationStore:
         return self.db.execute("SELECT count(*) FROM outbox").fetchone()[0]
 
     def acknowledge(self, seqs: list[int]) -> int:
-        with self._lock, self.db.atomic():
+        with self._lock, write(self.db):
             n = 0
             for s in seqs:
                 n += self.db.execute("DELETE FROM outbox WHERE seq = ?", [int(s)]).rowcount
@@ -103,7 +103,7 @@ class StationStore:
         return (row[0], row[1]) if row else None
 
     def save_bundle(self, version: int, msg_id: str, raw: bytes, body: dict, at: datetime) -> None:
-        with self._lock, self.db.atomic():
+        with self._lock, write(self.db):
             self.db.execute("INSERT INTO bundles VALUES (?, ?, ?, ?, ?, 'pending')",
                             [version, msg_id, raw.decode("utf-8"),
                              json.dumps(body, ensure_ascii=False), iso(at)])
@@ -123,7 +123,7 @@ class StationStore:
 
     def activate(self, version: int, at: datetime) -> None:
         """Make ``version`` the programme that plays; older bundles are dropped."""
-        with self._lock, self.db.atomic():
+        with self._lock, write(self.db):
             self.db.execute("DELETE FROM bundles WHERE version < ?", [version])
             self.db.execute("UPDATE bundles SET state = 'active' WHERE version = ?", [version])
             self._event("bundle.activated", {"version": version}, at)
@@ -168,7 +168,7 @@ class StationStore:
             os.fsync(dfd)
         finally:
             os.close(dfd)
-        with self._lock, self.db.atomic():
+        with self._lock, write(self.db):
             self.db.execute("INSERT OR REPLACE INTO audio VALUES (?, ?, ?)", [sha, size, iso(at)])
             self._event("audio.stored", {"sha": sha, "size": size}, at)
 
@@ -181,13 +181,13 @@ class StationStore:
                    at: datetime) -> None:
         """Recorded before the sound starts, so a crash never lets the same occurrence play
         twice."""
-        with self._lock, self.db.atomic():
+        with self._lock, write(self.db):
             self.db.execute("INSERT INTO plays VALUES (?, ?, ?, ?, ?, NULL, 'started', '')",
                             [key, item, content, iso(scheduled), iso(at)])
 
     def finish_play(self, key: str, outcome: str, detail: str, at: datetime,
                     extra: dict[str, Any] | None = None) -> int:
-        with self._lock, self.db.atomic():
+        with self._lock, write(self.db):
             row = self.db.execute("SELECT item, content, scheduled_at, started_at FROM plays "
                                   "WHERE key = ?", [key]).fetchone()
             if row is None:
@@ -201,7 +201,7 @@ class StationStore:
 
     def record_missed(self, key: str, item: str, content: str, scheduled: datetime,
                       reason: str, at: datetime) -> int:
-        with self._lock, self.db.atomic():
+        with self._lock, write(self.db):
             self.db.execute("INSERT INTO plays VALUES (?, ?, ?, ?, NULL, ?, 'missed', ?)",
                             [key, item, content, iso(scheduled), iso(at), reason])
             return self._event("playback", {

@@ -21,10 +21,11 @@ def test_steps_back_forward_and_1970_are_untrusted_until_the_hub_agrees():
         c.start(T, 0.0, None)
         change = c.observe(wall, 0.0)  # the wall clock steps; no time passes
         assert change and not change.trusted and words in change.detail, change
-        assert c.observe(wall + timedelta(seconds=1), 1.0) is None  # no repeated alarm
+        assert c.observe(wall + timedelta(seconds=1), 1.0) is None  # the same anomaly: quiet
         assert not c.trusted
-        # the hub says the real time is T: still wrong, still untrusted
-        assert c.observe_hub(T, wall) is None and not c.trusted
+        # the hub says the real time is T: still wrong, still untrusted (a new finding)
+        again = c.observe_hub(T, wall)
+        assert again and not again.trusted and "differs from the hub" in again.detail
         # fixed (NTP, an operator) and confirmed by the hub
         back = c.observe_hub(T + timedelta(seconds=5), T + timedelta(seconds=5.5))
         assert back and back.trusted

@@ -129,7 +129,9 @@ def test_chunks_round_trip_and_corruption():
     with pytest.raises(Refused) as exc:
         chunks.decode(bytes(raw))
     assert exc.value.reason is Reason.BAD_AUDIO
-    for bad in (b"", b"LXA1", b"XXXX\x00\x00\x00\x01{", b"LXA1\x00\x00\x00\x02{}"):
+    short = b"LXA2" + bytes(40)
+    lying = chunks.HEADER.pack(b"LXA2", bytes(32), 10, 5, bytes(32)) + b"x"
+    for bad in (b"", b"LXA2", b"XXXX" + bytes(100), short, lying):
         with pytest.raises(Refused):
             chunks.decode(bad)
 
