@@ -367,7 +367,7 @@ class Agent:
               **self.runner.status()}
         if st != self._last_status:
             tmp = self._status_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({**st, "at": iso(self.clock.now())}))
+            tmp.write_text(json.dumps({**st, "pid": os.getpid(), "at": iso(self.clock.now())}))
             os.replace(tmp, self._status_path)
             self._last_status = st
 
