@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 from dataclasses import dataclass
+from typing import Protocol
 
 from ._run import tool
 from .errors import AudioError
@@ -35,7 +36,8 @@ class Playback:
             self._finish()
         return self.outcome
 
-    def stop(self, timeout: float = 1.0) -> Outcome:
+    def stop(self, timeout: float = 0.08) -> Outcome:
+        """SIGTERM (ffmpeg closes the device cleanly), SIGKILL if it is not gone in 80 ms."""
         if self.outcome is None:
             self._stopped = True
             self._proc.terminate()
@@ -62,19 +64,50 @@ class Playback:
                                self._stopped)
 
 
+class Player(Protocol):
+    """The contract every player keeps (the ALSA one here, the double in the tests):
+    ``start`` returns at once with a ``Playback``; ``poll`` is None while sound goes out and
+    an ``Outcome`` after; ``stop`` ends it within 100 ms; a missing or failing device is an
+    outcome with ``ok=False`` and the reason, never a silent success."""
+
+    def start(self, path: str | os.PathLike[str]) -> Playback: ...
+
+
 class AlsaPlayer:
-    def __init__(self, device: str = "default", *, alsa_config: str | None = None) -> None:
+    def __init__(self, device: str = "default", *, alsa_config: str | None = None,
+                 volume: float = 1.0) -> None:
         if not device:
             raise AudioError("an ALSA device must be named")
+        if not 0.0 <= volume <= 2.0:
+            raise AudioError(f"volume {volume} is outside 0.0-2.0")
         self.device = device
         self.alsa_config = alsa_config
+        self.volume = volume
 
     def start(self, path: str | os.PathLike[str]) -> Playback:
         env = dict(os.environ)
         if self.alsa_config:
             env["ALSA_CONFIG_PATH"] = f"{SYSTEM_ALSA_CONF}:{self.alsa_config}"
+        vol = [] if self.volume == 1.0 else ["-af", f"volume={self.volume:.3f}"]
         cmd = [tool("ffmpeg"), "-nostdin", "-hide_banner", "-loglevel", "error", "-re",
-               "-i", os.fspath(path), "-ac", "1", "-ar", "48000", "-f", "alsa", self.device]
+               "-i", os.fspath(path), *vol, "-ac", "1", "-ar", "48000", "-f", "alsa",
+               self.device]
+        return self._spawn(cmd, env)
+
+    def start_stream(self, url: str, duration_s: float, *, stall_s: float = 5.0) -> Playback:
+        """Relay a live stream (VOV, the provincial station) for ``duration_s``. If no data
+        arrives for ``stall_s`` the relay ends with an error, so the caller can fall back."""
+        env = dict(os.environ)
+        if self.alsa_config:
+            env["ALSA_CONFIG_PATH"] = f"{SYSTEM_ALSA_CONF}:{self.alsa_config}"
+        vol = [] if self.volume == 1.0 else ["-af", f"volume={self.volume:.3f}"]
+        cmd = [tool("ffmpeg"), "-nostdin", "-hide_banner", "-loglevel", "error",
+               "-rw_timeout", str(int(stall_s * 1e6)), "-re", "-i", url, "-t", f"{duration_s:.3f}",
+               *vol, "-ac", "1", "-ar", "48000", "-f", "alsa", self.device]
+        return self._spawn(cmd, env)
+
+    @staticmethod
+    def _spawn(cmd: list[str], env: dict[str, str]) -> Playback:
         proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         return Playback(proc)

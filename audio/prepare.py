@@ -1,25 +1,30 @@
-"""Turn any audio file into broadcast content: mono Opus, loudness-normalised, hashed.
-
-The output is what the hub stores, ships to stations and what they play. Its SHA-256 is
-its name everywhere.
+"""Turn any audio file into broadcast content: checked, loudness-normalised (EBU R128, two
+passes), optionally framed by a chime, encoded for transfer (mono Opus by default, MP3 as an
+option), named by its SHA-256.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
+import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._run import run
 from .errors import AudioError
 
 TARGET_LUFS = -16.0
-TRUE_PEAK_DB = -1.5
-BITRATE = "24k"
+TRUE_PEAK_DB = -1.0          # the limit: prepared audio never peaks above it
+CEILING_MARGIN_DB = 2.0      # limiter ceiling below the limit (encoder and inter-sample peaks)
+BITRATE = {"opus": "24k", "mp3": "48k"}
 MIN_DURATION_MS = 200
 MAX_DURATION_MS = 4 * 3600 * 1000
+MIN_SAMPLE_RATE = 8000
+SILENT_BELOW_LUFS = -60.0
+CLIPPED_FRACTION = 0.001     # more than 0.1 % of samples at full scale
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,9 @@ class Prepared:
     sha256: str
     duration_ms: int
     codec: str = "opus"
+    loudness_lufs: float | None = None
+    true_peak_db: float | None = None
+    warnings: tuple[str, ...] = field(default=())
 
     @property
     def size(self) -> int:
@@ -40,6 +48,13 @@ class Probe:
     codec: str
     sample_rate: int
     channels: int
+
+
+@dataclass(frozen=True)
+class Loudness:
+    integrated: float         # LUFS (EBU R128)
+    true_peak: float | None   # dBTP, when measured
+    at_full_scale: float      # fraction of samples at full scale (clipping)
 
 
 def probe(path: str | os.PathLike[str]) -> Probe:
@@ -57,9 +72,83 @@ def probe(path: str | os.PathLike[str]) -> Probe:
                  int(stream.get("sample_rate") or 0), int(stream.get("channels") or 0))
 
 
+_I = re.compile(r"^\s+I:\s+(-?[\d.]+|-inf) LUFS", re.M)
+_PEAK = re.compile(r"^\s+Peak:\s+(-?[\d.]+|-inf) dBFS", re.M)
+
+
+def _ebur128(name: str, pre: str = "", *, true_peak: bool = False,
+             clipping: bool = False) -> Loudness:
+    """One ffmpeg pass: EBU R128 integrated loudness (and true peak, and clipping)."""
+    chain = [f for f in (pre,) if f]
+    if clipping:
+        chain.append("astats=measure_perchannel=none:measure_overall="
+                     "Peak_level+Peak_count+Number_of_samples")
+    chain.append("ebur128" + ("=peak=true" if true_peak else ""))
+    proc = subprocess.run(["ffmpeg", "-nostdin", "-hide_banner", "-i", name, "-vn", "-map",
+                           "0:a:0", "-af", ",".join(chain), "-f", "null", "-"],
+                          capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        last = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()][-1:]
+        raise AudioError(f"{name}: cannot be decoded ({' '.join(last)})")
+    found = _I.findall(proc.stderr)
+    if not found:
+        raise AudioError(f"{name}: loudness could not be measured")
+    integrated = float(found[-1]) if found[-1] != "-inf" else -200.0
+    tp = None
+    if true_peak:
+        peaks = _PEAK.findall(proc.stderr)
+        tp = float(peaks[-1]) if peaks and peaks[-1] != "-inf" else -200.0
+    at_full = 0.0
+    if clipping:
+        peak = re.search(r"Peak level dB:\s*(-?[\d.]+|-inf)", proc.stderr)
+        count = re.search(r"Peak count:\s*([\d.]+)", proc.stderr)
+        n = re.search(r"Number of samples:\s*([\d.]+)", proc.stderr)
+        if peak and count and n and peak.group(1) != "-inf" and float(peak.group(1)) > -0.01:
+            at_full = float(count.group(1)) / max(float(n.group(1)), 1.0)
+    return Loudness(integrated, tp, at_full)
+
+
+def measure(path: str | os.PathLike[str]) -> Loudness:
+    """Integrated loudness, true peak and clipping of a file, as ffmpeg measures them."""
+    return _ebur128(os.fspath(path), true_peak=True, clipping=True)
+
+
+def _chain(gain_db: float, ceiling_db: float) -> str:
+    """Gain to the target, then a limiter a margin below the true-peak limit (the encoder
+    and inter-sample peaks add up to ~1.5 dB over the sample peak)."""
+    return (f"aresample=48000,aformat=channel_layouts=mono,volume={gain_db:.2f}dB,"
+            f"alimiter=limit={10 ** (ceiling_db / 20):.5f}:level=false:attack=2:release=60")
+
+
+def _solve_gain(name: str, target: float, start: Loudness, ceiling_db: float) -> float:
+    """The gain that lands the limited signal on ``target`` LUFS (secant steps, each one
+    cheap ebur128 pass; the limiter makes loudness a little less than linear in gain)."""
+    g = target - start.integrated
+    for _ in range(5):
+        got = _ebur128(name, _chain(g, ceiling_db)).integrated
+        if abs(got - target) <= 0.3:
+            break
+        g += target - got
+    return g
+
+
+def default_chime(path: Path) -> Path:
+    """Two soft tones (G5, C6), the familiar call to attention before an announcement."""
+    run(["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i",
+         "sine=frequency=784:duration=0.35", "-f", "lavfi", "-i",
+         "sine=frequency=1047:duration=0.6", "-filter_complex",
+         "[0]afade=t=out:st=0.25:d=0.1[a];[1]afade=t=out:st=0.2:d=0.4[b];"
+         "[a][b]concat=n=2:v=0:a=1,volume=0.5", str(path)], what="make chime")
+    return path
+
+
 def prepare(src: str | os.PathLike[str], *, target_lufs: float = TARGET_LUFS,
-            true_peak_db: float = TRUE_PEAK_DB, bitrate: str = BITRATE) -> Prepared:
+            true_peak_db: float = TRUE_PEAK_DB, codec: str = "opus",
+            chime: str | os.PathLike[str] | None = None,
+            allow_clipped: bool = False) -> Prepared:
     name = os.fspath(src)
+    if codec not in BITRATE:
+        raise AudioError(f"codec {codec!r}: use opus or mp3")
     if not Path(name).is_file():
         raise AudioError(f"{name}: no such file")
     info = probe(name)
@@ -67,13 +156,49 @@ def prepare(src: str | os.PathLike[str], *, target_lufs: float = TARGET_LUFS,
         raise AudioError(f"{name}: only {info.duration_ms} ms of audio")
     if info.duration_ms > MAX_DURATION_MS:
         raise AudioError(f"{name}: {info.duration_ms / 3600000:.1f} h is longer than 4 h")
+    if info.sample_rate and info.sample_rate < MIN_SAMPLE_RATE:
+        raise AudioError(f"{name}: sample rate {info.sample_rate} Hz is below 8000 Hz")
     with tempfile.TemporaryDirectory(prefix="loaxa-prep-") as tmp:
-        out = Path(tmp) / "out.opus"
-        run(["ffmpeg", "-nostdin", "-v", "error", "-i", name, "-vn", "-map", "0:a:0",
-             "-af", f"loudnorm=I={target_lufs}:TP={true_peak_db}:LRA=11",
-             "-ac", "1", "-ar", "48000", "-c:a", "libopus", "-b:a", bitrate, "-vbr", "constrained",
-             "-application", "voip", "-fflags", "+bitexact", "-flags:a", "+bitexact",
-             "-f", "ogg", str(out)], what=f"prepare {name}")
+        source = Path(name)
+        loud = _ebur128(name, clipping=True)
+        if loud.integrated < SILENT_BELOW_LUFS:
+            raise AudioError(f"{name}: silent ({loud.integrated:.0f} LUFS)")
+        warnings = []
+        if loud.at_full_scale > CLIPPED_FRACTION:
+            msg = f"{name}: clipped ({loud.at_full_scale:.2%} of samples at full scale)"
+            if not allow_clipped:
+                raise AudioError(msg + "; fix the recording or allow it explicitly")
+            warnings.append(msg)
+        if chime is not None:
+            bell = default_chime(Path(tmp) / "chime.wav") if chime == "default" else Path(chime)
+            framed = Path(tmp) / "framed.wav"
+            run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(bell), "-i", name, "-i",
+                 str(bell), "-filter_complex",
+                 "[0]aresample=48000,aformat=channel_layouts=mono,apad=pad_dur=0.4[a];"
+                 "[1]aresample=48000,aformat=channel_layouts=mono,apad=pad_dur=0.4[b];"
+                 "[2]aresample=48000,aformat=channel_layouts=mono[c];"
+                 "[a][b][c]concat=n=3:v=0:a=1", str(framed)], what=f"frame {name}")
+            source = framed
+            loud = _ebur128(str(source))
+        out = Path(tmp) / f"out.{codec}"
+        enc = (["-c:a", "libopus", "-b:a", BITRATE["opus"], "-vbr", "constrained",
+                "-application", "voip", "-f", "ogg"] if codec == "opus" else
+               ["-c:a", "libmp3lame", "-b:a", BITRATE["mp3"], "-f", "mp3"])
+        ceiling = true_peak_db - CEILING_MARGIN_DB
+        for _ in range(3):
+            gain = _solve_gain(str(source), target_lufs, loud, ceiling)
+            run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(source), "-vn", "-map",
+                 "0:a:0", "-af", _chain(gain, ceiling), "-ac", "1", "-ar", "48000", *enc,
+                 "-fflags", "+bitexact", "-flags:a", "+bitexact", "-y", str(out)],
+                what=f"prepare {name}")
+            result = _ebur128(str(out), true_peak=True)
+            if result.true_peak is not None and result.true_peak <= true_peak_db:
+                break
+            ceiling -= result.true_peak - true_peak_db + 0.3  # rare: tighten and again
+        else:
+            raise AudioError(f"{name}: could not bring peaks under {true_peak_db} dBTP")
         data = out.read_bytes()
         duration = probe(out).duration_ms
-    return Prepared(data, hashlib.sha256(data).hexdigest(), duration)
+    return Prepared(data, hashlib.sha256(data).hexdigest(), duration, codec,
+                    loudness_lufs=result.integrated, true_peak_db=result.true_peak,
+                    warnings=tuple(warnings))

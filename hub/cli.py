@@ -97,7 +97,8 @@ def add_content_text(store: HubStore, text: str, *, title: str, now, engine: str
                      timeout: float = 10.0) -> dict:
     import tempfile
     try:
-        speech = synthesize(text, engine=engine, timeout=timeout)
+        speech = synthesize(text, engine=engine, timeout=timeout,
+                            cache_dir=store.path.parent / "tts-cache")
     except AudioError as exc:
         raise HubError(str(exc)) from None
     with tempfile.NamedTemporaryFile(suffix=f".{speech.fmt}") as f:
@@ -130,13 +131,19 @@ def check_target(store: HubStore, to: str) -> str:
 
 def announce(store: HubStore, *, content: dict, when, priority: Priority, target: str,
              every: str | None, valid_from=None, valid_until=None, late_start_s: int = 300,
-             title: str = "", now) -> str:
+             title: str = "", now, stream: str | None = None,
+             duration_ms: int | None = None) -> str:
+    """Schedule ``content``; with ``stream``, relay that URL for ``duration_ms`` and play
+    ``content`` if the stream fails."""
     from schedules import Item
     rrule = EVERY.get(every, every) if every else None
     item_id = uuid.uuid4().hex[:12]
+    if stream and not duration_ms:
+        raise HubError("tiếp âm cần thời lượng / a relay needs a duration (--for 30m)")
     try:  # validate with the same code the station runs
-        Item(item_id, content["sha"], content["duration_ms"], priority, when, rrule=rrule,
-             valid_from=valid_from, valid_until=valid_until, late_start_s=late_start_s)
+        Item(item_id, content["sha"], duration_ms if stream else content["duration_ms"],
+             priority, when, rrule=rrule, valid_from=valid_from, valid_until=valid_until,
+             late_start_s=late_start_s, stream=stream)
     except ScheduleError as exc:
         raise HubError(str(exc)) from None
     store.add_item({"id": item_id, "content_sha": content["sha"], "title": title or content["title"],
@@ -144,8 +151,18 @@ def announce(store: HubStore, *, content: dict, when, priority: Priority, target
                     "valid_from": iso(valid_from) if valid_from else None,
                     "valid_until": iso(valid_until) if valid_until else None,
                     "late_start_s": late_start_s, "target": target, "created_at": iso(now),
-                    "cancelled_at": None})
+                    "cancelled_at": None, "stream": stream,
+                    "duration_ms": duration_ms if stream else None})
     return item_id
+
+
+def parse_duration(text: str) -> int:
+    """``90s``, ``15m``, ``2h`` -> milliseconds."""
+    import re
+    m = re.fullmatch(r"\s*(\d+)\s*([smh])\s*", text or "")
+    if not m:
+        raise HubError(f"thời lượng {text!r} / duration: use 90s, 15m or 2h")
+    return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[m.group(2)] * 1000
 
 
 def status_rows(store: HubStore) -> list[dict]:
@@ -240,6 +257,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--late-start", type=int, default=300, help="seconds it may still start late")
     p.add_argument("--title", default="")
     p.add_argument("--tts", default="auto", choices=["auto", "gtts", "espeak-ng"])
+    p.add_argument("--stream", help="relay (tiếp âm) this http(s) URL; the content or text "
+                   "is the fallback if the stream fails")
+    p.add_argument("--for", dest="duration", help="how long to relay: 90s, 15m, 2h")
     p.set_defaults(fn=cmd_announce)
 
     p = hs.add_parser("status", help="every station's state")
@@ -283,22 +303,35 @@ def cmd_announce(args) -> int:
     cfg, store = _store(args)
     with as_closing(store):
         now = make_clock(cfg.clock).now()
+        # every argument is checked before anything is synthesised or stored
         try:
             priority = Priority.parse(args.priority)
         except ScheduleError as exc:
             raise HubError(str(exc)) from None
         target = check_target(store, args.to)
         when = parse_when(args.at, now)
+        vf = parse_date(args.valid_from) if args.valid_from else None
+        vu = parse_date(args.valid_until, end=True) if args.valid_until else None
+        if args.stream and not args.duration:
+            raise HubError("tiếp âm cần thời lượng / a relay needs a duration (--for 30m)")
+        duration = parse_duration(args.duration) if args.stream else None
+        try:  # the rule itself, with the station's own code, before any content exists
+            from schedules import Item
+            Item("check", "0" * 64, duration or 1000, priority, when,
+                 rrule=EVERY.get(args.every, args.every) if args.every else None,
+                 valid_from=vf, valid_until=vu, late_start_s=args.late_start,
+                 stream=args.stream)
+        except ScheduleError as exc:
+            raise HubError(str(exc)) from None
         if args.text:
             content = add_content_text(store, args.text, title=args.title or args.text[:60],
                                        now=now, engine=args.tts)
         else:
             content = find_content(store, args.content)
-        vf = parse_date(args.valid_from) if args.valid_from else None
-        vu = parse_date(args.valid_until, end=True) if args.valid_until else None
         item = announce(store, content=content, when=when, priority=priority, target=target,
                         every=args.every, valid_from=vf, valid_until=vu,
-                        late_start_s=args.late_start, title=args.title, now=now)
+                        late_start_s=args.late_start, title=args.title, now=now,
+                        stream=args.stream, duration_ms=duration)
     print(f"Đã lên lịch {item}: {show(when)} ({priority.label_vi}) → {target}")
     return 0
 

@@ -56,7 +56,7 @@ def parse_date(text: str, *, end: bool = False) -> datetime:
 
 OUTCOMES_VI = {"played": "đã phát", "failed": "lỗi phát", "missed": "bỏ lỡ",
                "preempted": "bị ngắt (ưu tiên cao hơn)", "interrupted": "bị gián đoạn",
-               "started": "đang phát"}
+               "started": "đang phát", "fallback": "phát dự phòng (tiếp âm lỗi)"}
 
 
 def outcome_vi(outcome: str | None) -> str:

@@ -26,8 +26,12 @@ KEEP_PAST = timedelta(days=1)
 
 
 def item_from_row(r: dict[str, Any], duration_ms: int) -> Item:
+    """A stored item; a relay (``stream``) lasts its own duration, its content is the
+    fallback."""
     return Item(
-        id=r["id"], content=r["content_sha"], duration_ms=duration_ms,
+        id=r["id"], content=r["content_sha"],
+        duration_ms=r.get("duration_ms") or duration_ms if r.get("stream") else duration_ms,
+        stream=r.get("stream") or None,
         priority=Priority(r["priority"]), start=parse_iso(r["start"]), rrule=r["rrule"] or None,
         valid_from=parse_iso(r["valid_from"]) if r["valid_from"] else None,
         valid_until=parse_iso(r["valid_until"]) if r["valid_until"] else None,

@@ -62,6 +62,12 @@ def m002_live_state_and_alarms(db) -> None:
     db["alarms"].create_index(["station_id", "code", "cleared_at"])
 
 
+@migrations
+def m003_stream_items(db) -> None:
+    db["schedule_items"].add_column("stream", str)
+    db["schedule_items"].add_column("duration_ms", int)
+
+
 HISTORICAL_AFTER_S = 60  # an event sent this long after it happened is history, not news
 
 

@@ -95,6 +95,7 @@ class Item:
     valid_until: datetime | None = None
     late_start_s: int = 300
     title: str = ""
+    stream: str | None = None  # live relay (tiếp âm): play this URL; ``content`` is the fallback
     _rule: Any = field(default=None, init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -106,6 +107,9 @@ class Item:
             raise ScheduleError(f"item {self.id}: late-start window must not be negative")
         if self.valid_from and self.valid_until and self.valid_until <= self.valid_from:
             raise ScheduleError(f"item {self.id}: campaign ends before it starts")
+        if self.stream is not None and not (isinstance(self.stream, str) and
+                                            self.stream.startswith(("http://", "https://"))):
+            raise ScheduleError(f"item {self.id}: a stream must be an http(s) URL")
         object.__setattr__(self, "priority", Priority(self.priority))
         object.__setattr__(self, "start", self.start.astimezone(timezone.utc))
         if self.rrule:
@@ -127,7 +131,7 @@ class Item:
             "priority": int(self.priority), "start": iso(self.start), "rrule": self.rrule,
             "valid_from": iso(self.valid_from) if self.valid_from else None,
             "valid_until": iso(self.valid_until) if self.valid_until else None,
-            "late_start_s": self.late_start_s, "title": self.title,
+            "late_start_s": self.late_start_s, "title": self.title, "stream": self.stream,
         }
 
     @classmethod
@@ -141,6 +145,7 @@ class Item:
                 valid_from=parse_iso(d["valid_from"]) if d.get("valid_from") else None,
                 valid_until=parse_iso(d["valid_until"]) if d.get("valid_until") else None,
                 late_start_s=int(d.get("late_start_s", 300)), title=str(d.get("title", "")),
+                stream=d.get("stream") or None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ScheduleError(f"bad schedule item: {exc}") from None

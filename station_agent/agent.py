@@ -54,10 +54,12 @@ class Agent:
         self.hub_keys.add(public_from_text(cfg.hub_public), cfg.hub_sender)
         self.board = board or open_board(cfg.hardware_backend, Wiring.from_dict(cfg.wiring),
                                          sim=cfg.sim)
-        self.player = player or AlsaPlayer(cfg.audio_device, alsa_config=cfg.alsa_config)
+        self.player = player or AlsaPlayer(cfg.audio_device, alsa_config=cfg.alsa_config,
+                                           volume=cfg.volume)
         self.runner = Runner(store=self.store, board=self.board, player=self.player,
                              clock=self.clock, warmup_ms=cfg.warmup_ms,
-                             power_good_timeout_ms=cfg.power_good_timeout_ms)
+                             power_good_timeout_ms=cfg.power_good_timeout_ms,
+                             alarm=self.alarm, stream_stall_s=cfg.stream_stall_s)
         self.link = MqttLink(
             client_id=f"station-{self.id}", broker=cfg.broker,
             subscriptions=self.topics.station_subscriptions(self.id, cfg.groups),

@@ -42,6 +42,8 @@ class StationConfig:
     report_retry_s: int = 10
     min_free_bytes: int = 64 * 2**20
     report_batch: int = 100
+    volume: float = 1.0
+    stream_stall_s: float = 5.0
     clock_max_step_s: float = 30.0
     clock_max_skew_s: float = 60.0
 
@@ -136,12 +138,16 @@ def load(path: str | Path) -> StationConfig:
         audio_device=_get(au, "device", str, errors, "audio", "default"),
         alsa_config=rel(_get(au, "alsa_config", str, errors, "audio", None)),
         warmup_ms=_get(au, "warmup_ms", int, errors, "audio", 500),
+        volume=float(_get(au, "volume", (int, float), errors, "audio", 1.0) or 0.0),
+        stream_stall_s=float(_get(au, "stream_stall_s", (int, float), errors, "audio", 5.0)),
         power_good_timeout_ms=_get(hw, "power_good_timeout_ms", int, errors, "hardware", 3000),
         hardware_backend=backend, wiring=wiring, sim=dict(hw.get("simulated", {})),
         min_free_bytes=(_get(st, "min_free_mb", int, errors, "station", 64) or 0) * 2**20,
         report_batch=max(1, min(500, _get(st, "report_batch", int, errors, "station", 100) or 100)),
         clock_max_skew_s=float(_get(st, "clock_max_skew_s", int, errors, "station", 60) or 60),
     )
+    if not 0.0 <= values["volume"] <= 2.0:
+        errors.append(f"[audio] volume = {values['volume']}: 0.0 to 2.0 (1.0 = as prepared)")
     if errors:
         raise ConfigError(f"{path}:\n  " + "\n  ".join(errors))
     return StationConfig(**values)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Callable
 
 from protocol.clock import Clock, iso, parse_iso
 from schedules import Item, Occurrence, QuietHours, overdue, startable_at
@@ -29,11 +29,15 @@ class _Current:
     power_good_at: datetime | None = None
     power_good_mono: float | None = None
     playback: Any = None
+    play_mono: float | None = None      # when the current player started
+    stream_failure: str | None = None   # why a relay fell back to its fallback content
 
 
 class Runner:
     def __init__(self, *, store: StationStore, board: Any, player: Any, clock: Clock,
-                 warmup_ms: int = 500, power_good_timeout_ms: int = 3000) -> None:
+                 warmup_ms: int = 500, power_good_timeout_ms: int = 3000,
+                 alarm: Callable[[str, bool, str], None] | None = None,
+                 stream_stall_s: float = 5.0) -> None:
         self.store = store
         self.board = board
         self.player = player
@@ -41,6 +45,8 @@ class Runner:
         self.warmup_s = warmup_ms / 1000
         self.pg_timeout_s = power_good_timeout_ms / 1000
         self.current: _Current | None = None
+        self.alarm = alarm or (lambda code, active, detail: None)
+        self.stream_stall_s = stream_stall_s
         self._programme_version: int | None = None
         self._items: list[Item] = []
         self._quiet: QuietHours | None = None
@@ -154,20 +160,45 @@ class Runner:
                     return
             if mono - cur.power_good_mono < self.warmup_s:
                 return
+            item = cur.occ.item
             try:
-                cur.playback = self.player.start(self.store.audio_path(cur.occ.item.content))
+                if item.stream:
+                    cur.playback = self.player.start_stream(
+                        item.stream, item.duration_ms / 1000, stall_s=self.stream_stall_s)
+                else:
+                    cur.playback = self.player.start(self.store.audio_path(item.content))
+                cur.play_mono = mono
             except Exception as exc:  # the device or ffmpeg is missing
+                self.alarm("audio_device", True, f"player did not start: {exc}")
                 self._end(now, "failed", f"player did not start: {exc}")
             return
         outcome = cur.playback.poll()
+        if outcome is not None and cur.occ.item.stream and cur.stream_failure is None:
+            ran = mono - (cur.play_mono or mono)
+            if outcome.ok and ran >= cur.occ.item.duration_ms / 1000 - 0.5:
+                self._end(now, "played", "", extra={"stream": cur.occ.item.stream})
+                return
+            cur.stream_failure = (f"stream failed after {ran:.1f}s: "
+                                  f"{outcome.stderr or 'it ended early'}")
+            log.warning("%s: %s; playing the fallback", cur.occ.key, cur.stream_failure)
+            cur.playback = self.player.start(self.store.audio_path(cur.occ.item.content))
+            cur.play_mono = mono
+            return
+        if outcome is not None and cur.stream_failure is not None:
+            self._end(now, "fallback" if outcome.ok else "failed", cur.stream_failure,
+                      extra={"stream": cur.occ.item.stream, "fallback": cur.occ.item.content})
+            return
         if outcome is not None:
             if outcome.ok:
+                self.alarm("audio_device", False, "")
                 self._end(now, "played", "")
             else:
-                self._end(now, "failed", f"player exited {outcome.returncode}: {outcome.stderr}")
+                detail = f"player exited {outcome.returncode}: {outcome.stderr}"
+                self.alarm("audio_device", True, detail)
+                self._end(now, "failed", detail)
 
     def _end(self, now: datetime, outcome: str, detail: str, *, stop_player: bool = False,
-             keep_relay: bool = False) -> None:
+             keep_relay: bool = False, extra: dict[str, Any] | None = None) -> None:
         cur = self.current
         assert cur is not None
         if stop_player and cur.playback is not None:
@@ -175,10 +206,10 @@ class Runner:
         if not keep_relay:
             self.board.amp_off()
         self.current = None
-        extra = {"relay_on": iso(cur.relay_on_at),
-                 "power_good": iso(cur.power_good_at) if cur.power_good_at else None,
-                 "relay_off": None if keep_relay else iso(now)}
-        self.store.finish_play(cur.occ.key, outcome, detail, now, extra)
+        record = {"relay_on": iso(cur.relay_on_at),
+                  "power_good": iso(cur.power_good_at) if cur.power_good_at else None,
+                  "relay_off": None if keep_relay else iso(now), **(extra or {})}
+        self.store.finish_play(cur.occ.key, outcome, detail, now, record)
         log.info("%s: %s %s", cur.occ.key, outcome, detail)
 
     def status(self) -> dict[str, Any]:

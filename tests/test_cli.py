@@ -46,6 +46,10 @@ def test_hub_commands_end_to_end(home, tmp_path, capsys):
     (["announce", "--text", "x", "--tts", "espeak-ng", "--priority", "gấp"], "unknown priority"),
     (["announce", "--text", "x", "--tts", "espeak-ng", "--every", "FREQ=NEVER"], "RRULE"),
     (["station", "add", "bad/id", "--name", "x"], "station"),
+    (["announce", "--text", "x", "--tts", "espeak-ng", "--stream", "http://vov.vn/live"],
+     "needs a duration"),
+    (["announce", "--text", "x", "--tts", "espeak-ng", "--stream", "ftp://x", "--for", "5m"],
+     "http(s) URL"),
     (["content", "add", "/no/such.wav"], "no such file"),
 ])
 def test_user_errors_are_clear_and_change_nothing(home, capsys, args, message):
@@ -54,6 +58,7 @@ def test_user_errors_are_clear_and_change_nothing(home, capsys, args, message):
     assert message in capsys.readouterr().err
     s = HubStore(home / "hub.db")
     assert s.items() == [] and s.stations() == []
+    assert s.q("SELECT * FROM content") == []  # nothing synthesised or stored either
     s.close()
 
 

@@ -34,7 +34,7 @@ def test_migrations_run_once(tmp_path):
     s.close()
     s = HubStore(tmp_path / "h.db")
     assert [r["name"] for r in s.q("SELECT name FROM _migrations")] == \
-        ["m001_initial", "m002_live_state_and_alarms"]
+        ["m001_initial", "m002_live_state_and_alarms", "m003_stream_items"]
     s.close()
 
 
@@ -91,3 +91,13 @@ def test_late_events_are_historical_and_alarms_keep_their_history(hub):
     [row] = store.q("SELECT * FROM alarms")
     assert row["code"] == "clock" and row["cleared_at"] == "2030-01-01T04:00:00.000Z"
     assert store.open_alarms("a") == []
+
+
+def test_a_relay_item_carries_its_stream_and_duration(hub):
+    store, signer = hub
+    announce(store, content=store.content(SHA), when=NOW + timedelta(hours=1),
+             priority=Priority.UU_TIEN, target="all", every="daily", now=NOW,
+             stream="https://radio.example/vov1", duration_ms=30 * 60_000)
+    [item] = planner.programme(store, "a", NOW, None)["items"]
+    assert item["stream"] == "https://radio.example/vov1"
+    assert item["duration_ms"] == 1_800_000 and item["content"] == SHA
