@@ -10,6 +10,7 @@ from audio import AudioError
 
 
 def build() -> argparse.ArgumentParser:
+    from audio import cli as audio_cli
     from hub import cli as hub_cli
     from station_agent import cli as agent_cli
     from . import demo
@@ -20,6 +21,7 @@ def build() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="cmd", required=True)
     hub_cli.register(sub)
     agent_cli.register(sub)
+    audio_cli.register(sub)
     demo.register(sub)
     return parser
 

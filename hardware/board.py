@@ -20,6 +20,7 @@ class Wiring:
 
     amp_relay: str = "GPIO17"
     amp_power_good: str = "GPIO27"
+    audio_sense: str | None = None  # a level detector on the amplifier's output (optional)
     relay_active_high: bool = True
     power_good_active_high: bool = True
 
@@ -27,9 +28,9 @@ class Wiring:
     def from_dict(cls, d: dict[str, Any]) -> "Wiring":
         known = {f.name for f in fields(cls)}
         errors = [f"unknown wiring key {k!r}" for k in d if k not in known]
-        values = {k: (str(v) if k in ("amp_relay", "amp_power_good") else v)
-                  for k, v in d.items() if k in known}
-        for k in ("amp_relay", "amp_power_good"):
+        pins = ("amp_relay", "amp_power_good", "audio_sense")
+        values = {k: (str(v) if k in pins else v) for k, v in d.items() if k in known}
+        for k in pins:
             if k in values and not PIN_RE.match(values[k]):
                 errors.append(f"{k} = {values[k]!r} is not a pin name like 'GPIO17'")
         for k in ("relay_active_high", "power_good_active_high"):
@@ -38,8 +39,9 @@ class Wiring:
         if errors:
             raise BoardError("; ".join(errors))
         w = cls(**values)
-        if w.amp_relay == w.amp_power_good:
-            raise BoardError("amp_relay and amp_power_good use the same pin")
+        used = [p for p in (w.amp_relay, w.amp_power_good, w.audio_sense) if p]
+        if len(set(used)) != len(used):
+            raise BoardError("two functions are wired to the same pin")
         return w
 
 
@@ -54,6 +56,8 @@ class Board:
         self._pg = DigitalInputDevice(wiring.amp_power_good, pull_up=None,
                                       active_state=wiring.power_good_active_high,
                                       pin_factory=pin_factory)
+        self._sense = DigitalInputDevice(wiring.audio_sense, pull_up=False,
+                                         pin_factory=pin_factory) if wiring.audio_sense else None
 
     def amp_on(self) -> None:
         self._relay.on()
@@ -69,10 +73,24 @@ class Board:
     def amp_power_good(self) -> bool:
         return bool(self._pg.value)
 
+    @property
+    def sound_present(self) -> bool | None:
+        """Whether the amplifier's output carries sound now; None if no sense input is wired."""
+        return None if self._sense is None else bool(self._sense.value)
+
+    def audio_signal(self, active: bool) -> None:
+        """The Pi's audio output started or stopped. Real equipment hears that by itself;
+        the simulated amplifier takes it as its input signal."""
+        eq = getattr(self, "equipment", None)
+        if eq is not None:
+            eq.set_signal(active)
+
     def close(self) -> None:
         self._relay.off()
         self._relay.close()
         self._pg.close()
+        if self._sense is not None:
+            self._sense.close()
 
 
 def _factory(backend: str) -> Any:

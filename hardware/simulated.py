@@ -14,7 +14,8 @@ from gpiozero.pins.mock import MockFactory, MockPin
 
 
 class Fault(str, Enum):
-    AMP_DEAD = "amp_dead"
+    AMP_DEAD = "amp_dead"     # no power-good, ever
+    SILENT = "silent"         # powered, but nothing reaches the speakers (amp on but silent)
 
 
 class _WatchedPin(MockPin):
@@ -40,18 +41,33 @@ class SimulatedEquipment:
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
         self._relay_closed = False
+        self._powered = False
+        self._signal = False
         self.relay_pin = factory.pin(wiring.amp_relay, pin_class=_WatchedPin,
                                      listener=self._relay_changed)
         self.pg_pin = factory.pin(wiring.amp_power_good)
+        self.sense_pin = factory.pin(wiring.audio_sense) if wiring.audio_sense else None
 
     def _relay_closed_for(self, level: bool) -> bool:
         return level == self.wiring.relay_active_high
 
     def _set_pg(self, good: bool) -> None:
+        self._powered = good
         level = good == self.wiring.power_good_active_high
-        if self.pg_pin.function != "input":
+        if self.pg_pin.function == "input":
+            (self.pg_pin.drive_high if level else self.pg_pin.drive_low)()
+        self._update_sense()
+
+    def _update_sense(self) -> None:
+        if self.sense_pin is None or self.sense_pin.function != "input":
             return
-        (self.pg_pin.drive_high if level else self.pg_pin.drive_low)()
+        sound = self._powered and self._signal and Fault.SILENT not in self.faults
+        (self.sense_pin.drive_high if sound else self.sense_pin.drive_low)()
+
+    def set_signal(self, active: bool) -> None:
+        with self._lock:
+            self._signal = active
+            self._update_sense()
 
     def _relay_changed(self, level: bool) -> None:
         with self._lock:
@@ -76,6 +92,7 @@ class SimulatedEquipment:
             self.faults.add(Fault(fault))
             if Fault(fault) is Fault.AMP_DEAD:
                 self._set_pg(False)
+            self._update_sense()
 
     def clear(self, fault: Fault) -> None:
         with self._lock:

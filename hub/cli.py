@@ -76,7 +76,7 @@ def add_station(cfg: hubconfig.HubConfig, sid: str, *, name: str, groups: list[s
         "[audio]", f"device = {json.dumps(audio_device)}", "warmup_ms = 500",
         *([f"alsa_config = {json.dumps(alsa_config)}"] if alsa_config else []), "",
         "[hardware]", 'backend = "simulated"', 'amp_relay = "GPIO17"',
-        'amp_power_good = "GPIO27"', "",
+        'amp_power_good = "GPIO27"', 'audio_sense = "GPIO22"', "",
     ])
     (out / "station.toml").write_text(text, encoding="utf-8")
     return out / "station.toml"
@@ -209,7 +209,8 @@ def render_status(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-ALARMS_VI = {"clock": "đồng hồ sai", "disk_full": "đầy bộ nhớ"}
+ALARMS_VI = {"clock": "đồng hồ sai", "disk_full": "đầy bộ nhớ",
+             "audio_device": "lỗi thiết bị âm thanh", "no_sound": "loa không ra tiếng"}
 
 
 # -- argparse wiring -------------------------------------------------------------------------

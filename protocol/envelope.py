@@ -136,6 +136,11 @@ class KeyRing:
 
 # -- encoding --------------------------------------------------------------------------------
 
+def check_wire(value: Any, path: str = "$") -> None:
+    """Raise TypeError if ``value`` cannot go on the wire (floats, non-string keys)."""
+    _reject_floats(value, path)
+
+
 def _reject_floats(value: Any, path: str = "$") -> None:
     if isinstance(value, float):
         raise TypeError(f"float at {path}: use integers on the wire")

@@ -121,11 +121,15 @@ class Agent:
             except Exception:
                 break
             self.handle(msg)
-        self._try_activate()
-        self.runner.tick(timed=self.trust.trusted)
-        self._request_audio()
-        self._flush_reports()
-        self._write_status()
+        # each phase on its own: a bug in one (logged, counted) never stops the others,
+        # above all never the runner
+        for phase in (self._try_activate, lambda: self.runner.tick(timed=self.trust.trusted),
+                      self._request_audio, self._flush_reports, self._write_status):
+            try:
+                phase()
+            except Exception:
+                log.exception("agent step failed")
+                self.store.bump("errors.step")
 
     # -- alarms and clock ------------------------------------------------------------------
     def alarm(self, code: str, active: bool, detail: str = "") -> None:

@@ -30,6 +30,8 @@ class _Current:
     power_good_mono: float | None = None
     playback: Any = None
     play_mono: float | None = None      # when the current player started
+    sense_samples: int = 0              # audio-sense readings during playback
+    sense_sound: int = 0                # ... of which heard sound
     stream_failure: str | None = None   # why a relay fell back to its fallback content
 
 
@@ -168,11 +170,17 @@ class Runner:
                 else:
                     cur.playback = self.player.start(self.store.audio_path(item.content))
                 cur.play_mono = mono
+                self.board.audio_signal(True)
             except Exception as exc:  # the device or ffmpeg is missing
                 self.alarm("audio_device", True, f"player did not start: {exc}")
                 self._end(now, "failed", f"player did not start: {exc}")
             return
         outcome = cur.playback.poll()
+        if outcome is None:
+            heard = self.board.sound_present
+            if heard is not None:
+                cur.sense_samples += 1
+                cur.sense_sound += heard
         if outcome is not None and cur.occ.item.stream and cur.stream_failure is None:
             ran = mono - (cur.play_mono or mono)
             if outcome.ok and ran >= cur.occ.item.duration_ms / 1000 - 0.5:
@@ -203,10 +211,20 @@ class Runner:
         assert cur is not None
         if stop_player and cur.playback is not None:
             cur.playback.stop()
+        if cur.playback is not None:
+            self.board.audio_signal(False)
         if not keep_relay:
             self.board.amp_off()
         self.current = None
-        record = {"relay_on": iso(cur.relay_on_at),
+        # proof of play: did the amplifier's output carry sound while we played?
+        sound_out = None if not cur.sense_samples else cur.sense_sound > 0
+        if outcome in ("played", "fallback") and sound_out is not None:
+            self.alarm("no_sound", not sound_out, "" if sound_out else
+                       f"amplifier output silent throughout {cur.occ.key}")
+        record = {"sound_out": sound_out,
+                  "sound_percent": round(100 * cur.sense_sound / cur.sense_samples)
+                  if cur.sense_samples else None,
+                  "relay_on": iso(cur.relay_on_at),
                   "power_good": iso(cur.power_good_at) if cur.power_good_at else None,
                   "relay_off": None if keep_relay else iso(now), **(extra or {})}
         self.store.finish_play(cur.occ.key, outcome, detail, now, record)

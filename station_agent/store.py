@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from protocol.clock import iso
+from protocol.envelope import check_wire
 from protocol.storage import Migrations, open_db, write
 
 migrations = Migrations("station")
@@ -69,7 +70,9 @@ class StationStore:
 
     # -- outbox ----------------------------------------------------------------------------
     def _event(self, kind: str, data: dict[str, Any], at: datetime) -> int:
-        """Append an event; call inside a transaction with the state change it reports."""
+        """Append an event; call inside a transaction with the state change it reports.
+        What cannot go on the wire is refused here, before it could block the outbox."""
+        check_wire(data, f"event {kind}")
         seq = int(self.get("next_seq", "1"))
         self.put("next_seq", seq + 1)
         self.db.execute("INSERT INTO outbox(seq, kind, at, data) VALUES (?, ?, ?, ?)",

@@ -68,3 +68,79 @@ def test_gtts_empty_answer_falls_back_to_espeak():
     with pytest.raises(AudioError, match="gTTS"):
         synthesize("Thông báo", engine="gtts")
     assert synthesize("Thông báo", engine="auto").engine == "espeak-ng"
+
+
+def test_vietnamese_text_is_read_in_words():
+    from audio.vntext import normalize, number_words, sentences
+    assert number_words(105) == "một trăm lẻ năm"
+    assert number_words(21) == "hai mươi mốt" and number_words(25) == "hai mươi lăm"
+    assert number_words(1_005_000) == "một triệu không trăm lẻ năm nghìn"
+    assert normalize("UBND xã họp lúc 7h30 ngày 01/4/2030.") == (
+        "Ủy ban nhân dân xã họp lúc bảy giờ ba mươi phút ngày một tháng tư năm hai nghìn "
+        "không trăm ba mươi.")
+    assert normalize("Sở TT&TT: mưa 120mm, tăng 2,5%.") == (
+        "Sở Thông tin và Truyền thông: mưa một trăm hai mươi mi-li-mét, tăng hai phẩy năm "
+        "phần trăm.")
+    text = "Câu một. " * 100
+    assert all(len(p) <= 400 for p in sentences(text)) and "".join(sentences(text))
+
+
+def test_speech_is_cached_per_piece(tmp_path, monkeypatch):
+    import audio.tts as tts
+    calls = []
+    real = tts._espeak
+    monkeypatch.setattr(tts, "_espeak", lambda *a: calls.append(a) or real(*a))
+    a = synthesize("Thông báo một. Thông báo hai.", engine="espeak-ng", cache_dir=tmp_path)
+    b = synthesize("Thông báo một. Thông báo hai.", engine="espeak-ng", cache_dir=tmp_path)
+    assert len(calls) == 2 and a.data == b.data  # two pieces, synthesised once each
+
+
+@pytest.mark.parametrize("kind", ["speech", "tone", "quiet_speech", "chime", "mp3"])
+def test_prepared_audio_meets_the_loudness_target(tmp_path, kind):
+    """Within ±1 LU of -16 LUFS and at most -1 dBTP, measured by ffmpeg (ebur128)."""
+    from audio.prepare import measure
+    if kind in ("speech", "quiet_speech", "chime", "mp3"):
+        src = tmp_path / "s.wav"
+        src.write_bytes(synthesize("Ủy ban nhân dân xã thông báo lịch tiêm chủng. " * 3,
+                                   engine="espeak-ng").data)
+        if kind == "quiet_speech":
+            q = tmp_path / "q.wav"
+            subprocess.run(["ffmpeg", "-v", "error", "-i", str(src), "-af", "volume=-25dB",
+                            str(q)], check=True)
+            src = q
+    else:
+        src = tone(tmp_path / "t.wav", 5)
+    kw = {"chime": "default"} if kind == "chime" else {"codec": "mp3"} if kind == "mp3" else {}
+    p = prepare(src, **kw)
+    out = tmp_path / "out"
+    out.write_bytes(p.data)
+    m = measure(out)
+    assert abs(m.integrated - (-16.0)) <= 1.0, m
+    assert m.true_peak <= -1.0, m
+
+
+def test_silent_and_clipped_uploads_are_refused_by_name(tmp_path):
+    silent = tmp_path / "im-lang.wav"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono",
+                    "-t", "3", str(silent)], check=True)
+    with pytest.raises(AudioError, match="im-lang.wav: silent"):
+        prepare(silent)
+    clipped = tmp_path / "meo-tieng.wav"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=frequency=200:duration=2",
+                    "-af", "volume=20dB", str(clipped)], check=True)
+    with pytest.raises(AudioError, match="meo-tieng.wav: clipped"):
+        prepare(clipped)
+    assert prepare(clipped, allow_clipped=True).warnings
+
+
+def test_audio_cli(tmp_path, capsys):
+    from deploy.cli import main
+    out = tmp_path / "say.wav"
+    assert main(["audio", "say", "Xin chào 2030", "-o", str(out), "--engine", "espeak-ng"]) == 0
+    assert "hai nghìn không trăm ba mươi" in capsys.readouterr().out
+    assert main(["audio", "prepare", str(out), "-o", str(tmp_path / "p.opus")]) == 0
+    assert "LUFS" in capsys.readouterr().out
+    assert main(["audio", "probe", str(tmp_path / "p.opus"), "--json"]) == 0
+    import json
+    assert json.loads(capsys.readouterr().out)["codec"] == "opus"
+    assert main(["audio", "probe", str(tmp_path / "nothing.wav")]) == 2

@@ -161,3 +161,34 @@ def test_failing_device_is_an_error_not_a_silent_success(tmp_path, clips):
     assert rec["data"]["outcome"] == "failed"
     assert "no_such_device" in rec["data"]["detail"]
     assert not s.board.amp_relay_on
+
+
+def test_proof_of_play_hears_sound_and_notices_silence(tmp_path, clips, sink):
+    from hardware import Wiring
+    alarms = []
+    s = Station(tmp_path, clips, sink)
+    s.board.close()
+    s.board = s.runner.board = open_board(
+        "simulated", Wiring(audio_sense="GPIO22"), sim={"amp_warmup_ms": 50})
+    s.runner.alarm = lambda *a: alarms.append(a)
+    s.programme(item("a", clips["short"], T0), item("b", clips["short"], T0 + timedelta(seconds=5)))
+    s.run_until(lambda: s.records())
+    [first] = s.records()
+    assert first["data"]["outcome"] == "played" and first["data"]["sound_out"] is True
+    s.board.equipment.inject(Fault.SILENT)  # amplifier on, nothing reaches the speakers
+    s.clock.advance(5)
+    s.run_until(lambda: len(s.records()) == 2)
+    second = s.records()[1]["data"]
+    assert second["outcome"] == "played" and second["sound_out"] is False
+    assert ("no_sound", True, "amplifier output silent throughout " + second["occurrence"]) \
+        in alarms
+    s.board.close()
+    s.store.close()
+
+
+def test_an_event_that_cannot_go_on_the_wire_is_refused_at_the_source(tmp_path):
+    store = StationStore(tmp_path / "d")
+    with pytest.raises(TypeError, match="float"):
+        store.event("x", {"ratio": 0.5}, T0)
+    assert store.pending_events() == []  # nothing poisonous entered the outbox
+    store.close()
