@@ -55,6 +55,8 @@ class Loudness:
     integrated: float         # LUFS (EBU R128)
     true_peak: float | None   # dBTP, when measured
     at_full_scale: float      # fraction of samples at full scale (clipping)
+    duration_ms: int = 0      # of the input, as ffmpeg read it
+    sample_rate: int = 0
 
 
 def probe(path: str | os.PathLike[str]) -> Probe:
@@ -105,7 +107,11 @@ def _ebur128(name: str, pre: str = "", *, true_peak: bool = False,
         n = re.search(r"Number of samples:\s*([\d.]+)", proc.stderr)
         if peak and count and n and peak.group(1) != "-inf" and float(peak.group(1)) > -0.01:
             at_full = float(count.group(1)) / max(float(n.group(1)), 1.0)
-    return Loudness(integrated, tp, at_full)
+    dur = re.search(r"Duration: (\d+):(\d+):([\d.]+)", proc.stderr)
+    rate = re.search(r"Audio: [^,]+, (\d+) Hz", proc.stderr)
+    duration_ms = int(round((int(dur.group(1)) * 3600 + int(dur.group(2)) * 60
+                             + float(dur.group(3))) * 1000)) if dur else 0
+    return Loudness(integrated, tp, at_full, duration_ms, int(rate.group(1)) if rate else 0)
 
 
 def measure(path: str | os.PathLike[str]) -> Loudness:
@@ -120,15 +126,24 @@ def _chain(gain_db: float, ceiling_db: float) -> str:
             f"alimiter=limit={10 ** (ceiling_db / 20):.5f}:level=false:attack=2:release=60")
 
 
+ENCODER_LOSS_LU = 0.3  # Opus at speech bit rates reads ~0.3 LU quieter than its input
+
+
 def _solve_gain(name: str, target: float, start: Loudness, ceiling_db: float) -> float:
-    """The gain that lands the limited signal on ``target`` LUFS (secant steps, each one
-    cheap ebur128 pass; the limiter makes loudness a little less than linear in gain)."""
-    g = target - start.integrated
-    for _ in range(5):
+    """The gain that lands the limited signal on ``target`` LUFS: secant steps, one cheap
+    ebur128 pass each (the limiter makes loudness grow less than the gain, so the slope is
+    learnt from the last two points)."""
+    aim = target + ENCODER_LOSS_LU
+    g, slope = aim - start.integrated, 1.0
+    prev: tuple[float, float] | None = None
+    for _ in range(6):
         got = _ebur128(name, _chain(g, ceiling_db)).integrated
-        if abs(got - target) <= 0.3:
+        if abs(got - aim) <= 0.25:
             break
-        g += target - got
+        if prev is not None and abs(g - prev[0]) > 0.05:
+            slope = min(max((got - prev[1]) / (g - prev[0]), 0.1), 1.0)
+        prev = (g, got)
+        g += (aim - got) / slope
     return g
 
 
@@ -151,16 +166,15 @@ def prepare(src: str | os.PathLike[str], *, target_lufs: float = TARGET_LUFS,
         raise AudioError(f"codec {codec!r}: use opus or mp3")
     if not Path(name).is_file():
         raise AudioError(f"{name}: no such file")
-    info = probe(name)
-    if info.duration_ms < MIN_DURATION_MS:
-        raise AudioError(f"{name}: only {info.duration_ms} ms of audio")
-    if info.duration_ms > MAX_DURATION_MS:
-        raise AudioError(f"{name}: {info.duration_ms / 3600000:.1f} h is longer than 4 h")
-    if info.sample_rate and info.sample_rate < MIN_SAMPLE_RATE:
-        raise AudioError(f"{name}: sample rate {info.sample_rate} Hz is below 8000 Hz")
     with tempfile.TemporaryDirectory(prefix="loaxa-prep-") as tmp:
         source = Path(name)
-        loud = _ebur128(name, clipping=True)
+        loud = _ebur128(name, clipping=True)  # one pass: loudness, clipping, length, rate
+        if loud.duration_ms < MIN_DURATION_MS:
+            raise AudioError(f"{name}: only {loud.duration_ms} ms of audio")
+        if loud.duration_ms > MAX_DURATION_MS:
+            raise AudioError(f"{name}: {loud.duration_ms / 3600000:.1f} h is longer than 4 h")
+        if loud.sample_rate and loud.sample_rate < MIN_SAMPLE_RATE:
+            raise AudioError(f"{name}: sample rate {loud.sample_rate} Hz is below 8000 Hz")
         if loud.integrated < SILENT_BELOW_LUFS:
             raise AudioError(f"{name}: silent ({loud.integrated:.0f} LUFS)")
         warnings = []
@@ -198,7 +212,7 @@ def prepare(src: str | os.PathLike[str], *, target_lufs: float = TARGET_LUFS,
         else:
             raise AudioError(f"{name}: could not bring peaks under {true_peak_db} dBTP")
         data = out.read_bytes()
-        duration = probe(out).duration_ms
+        duration = result.duration_ms
     return Prepared(data, hashlib.sha256(data).hexdigest(), duration, codec,
                     loudness_lufs=result.integrated, true_peak_db=result.true_peak,
                     warnings=tuple(warnings))

@@ -1,0 +1,84 @@
+"""`make bench`: performance figures, each beside its baseline measured in the same run.
+
+audio_prepare — a 60-second Vietnamese announcement (speech synthesised once, beforehand,
+not timed) prepared by audio.prepare, against the raw ffmpeg decode + Opus encode of the
+same input. Median of 5 runs each. Targets (issue 4): under 2 s, at most 250 KB.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from audio import prepare, probe, synthesize
+
+RESULTS = Path(__file__).resolve().parent / "results"
+RUNS = 5
+
+
+def _announcement(tmp: Path) -> Path:
+    text = ("Ủy ban nhân dân xã thông báo: ngày 25/12/2030, lúc 7h30, tại nhà văn hóa thôn, "
+            "trạm y tế xã tổ chức tiêm chủng cho trẻ em dưới 5 tuổi. Đề nghị bà con đưa trẻ "
+            "đến đúng giờ và mang theo sổ tiêm chủng. ")
+    src = tmp / "announcement.wav"
+    speech = synthesize(text * 2, engine="espeak-ng")
+    src.write_bytes(speech.data)
+    # pad or trim to exactly 60 s so runs compare
+    out = tmp / "a60.wav"
+    subprocess.run(["ffmpeg", "-v", "error", "-stream_loop", "-1", "-i", str(src), "-t", "60",
+                    str(out)], check=True)
+    return out
+
+
+def _median_time(fn, runs: int = RUNS) -> tuple[float, object]:
+    times, result = [], None
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), result
+
+
+def bench_audio_prepare() -> dict:
+    with tempfile.TemporaryDirectory(prefix="loaxa-bench-") as d:
+        tmp = Path(d)
+        src = _announcement(tmp)
+        raw_out = tmp / "raw.opus"
+        baseline_s, _ = _median_time(lambda: subprocess.run(
+            ["ffmpeg", "-v", "error", "-y", "-i", str(src), "-ac", "1", "-c:a", "libopus",
+             "-b:a", "24k", str(raw_out)], check=True))
+        prep_s, p = _median_time(lambda: prepare(src))
+        return {
+            "name": "audio_prepare", "input_duration_s": probe(src).duration_ms / 1000,
+            "prepare_median_s": round(prep_s, 3), "prepared_bytes": p.size,
+            "prepared_loudness_lufs": p.loudness_lufs, "prepared_true_peak_dbtp": p.true_peak_db,
+            "baseline_raw_ffmpeg_decode_encode_median_s": round(baseline_s, 3),
+            "baseline_bytes": raw_out.stat().st_size,
+            "ratio_to_baseline": round(prep_s / baseline_s, 2),
+            "targets": {"prepare_s": 2.0, "bytes": 250_000},
+            "meets_targets": prep_s < 2.0 and p.size <= 250_000, "runs": RUNS,
+        }
+
+
+def main() -> int:
+    RESULTS.mkdir(exist_ok=True)
+    meta = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "python": sys.version.split()[0], "machine": platform.machine(),
+            "cpus": __import__("os").cpu_count()}
+    ok = True
+    for bench in (bench_audio_prepare,):
+        result = {**bench(), **meta}
+        (RESULTS / f"{result['name']}.json").write_text(json.dumps(result, indent=1))
+        print(json.dumps(result, indent=1))
+        ok &= result.get("meets_targets", True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
