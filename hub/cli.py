@@ -201,6 +201,10 @@ def render_status(rows: list[dict]) -> str:
         ])
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in table]
+    missing = [(r["id"], r["missing"]) for r in rows if r["missing"]]
+    if missing:
+        lines += ["", "Âm thanh còn thiếu / audio still missing:"]
+        lines += [f"  {sid}  " + ", ".join(m[:12] for m in shas) for sid, shas in missing]
     alarms = [(r["id"], a) for r in rows for a in r["alarms"]]
     if alarms:
         lines += ["", "Cảnh báo đang mở / open alarms:"]

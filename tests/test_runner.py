@@ -123,6 +123,20 @@ def test_khan_cap_preempts_within_its_window(station, clips):
     assert pcm(station.sink) == pcm_of(clips["short"], station)
 
 
+def test_preemption_cuts_the_sound_within_100_ms(station, clips):
+    import time
+    station.programme(item("long", clips["long"], T0),
+                      item("alarm", clips["short"], T0 + timedelta(seconds=1), Priority.KHAN_CAP))
+    station.run_until(lambda: station.runner.status()["playing"])
+    station.clock.advance(1.5)  # the khẩn cấp item is due: the next tick preempts
+    t0 = time.monotonic()
+    station.runner.tick()
+    took = time.monotonic() - t0
+    assert station.runner.current.occ.item.id == "alarm"
+    assert station.records()[0]["data"]["outcome"] == "preempted"
+    assert took < 0.1, f"preemption took {took * 1000:.0f} ms"
+
+
 def test_too_late_is_missed_never_played_late(station, clips):
     station.programme(item("a", clips["short"], T0, late=30))
     station.clock.advance(31)
