@@ -126,7 +126,7 @@ def _watch(args, store, work: Path, procs, t0: float) -> int:
         for sid, _ in STATIONS:
             st = _read_status(work / "stations" / sid / "data" / "status.json")
             pb = store.q("SELECT outcome, started_at FROM playbacks WHERE station_id = ? "
-                         "ORDER BY seq DESC LIMIT 1", [sid])
+                         "AND item_id != 'selftest' ORDER BY seq DESC LIMIT 1", [sid])
             hub_state = store.state(sid) or {}
             done += bool(pb)
             rows.append([sid, "có" if hub_state.get("online") else "không",
@@ -146,8 +146,8 @@ def _watch(args, store, work: Path, procs, t0: float) -> int:
             print(f"[{time.monotonic() - t0:5.1f}s]\n{text}", flush=True)
         last_text = text
         if done == len(STATIONS):
-            outcomes = [store.q("SELECT outcome FROM playbacks WHERE station_id = ?", [sid])
-                        for sid, _ in STATIONS]
+            outcomes = [store.q("SELECT outcome FROM playbacks WHERE station_id = ? AND "
+                                "item_id != 'selftest'", [sid]) for sid, _ in STATIONS]
             ok = all(o and o[-1]["outcome"] == "played" for o in outcomes)
             print(f"loaxa demo: {'xong' if ok else 'LỖI'} / {'done' if ok else 'FAILED'} after "
                   f"{time.monotonic() - t0:.1f}s; âm thanh đã phát / played audio: "

@@ -13,6 +13,7 @@ from pathlib import Path
 from audio import AudioError, prepare, synthesize
 from protocol.clock import iso, make_clock
 from protocol.envelope import Signer, public_to_text
+from protocol.storage import write
 from protocol.topics import BadIdentifier, Topics, check_id
 from schedules import Priority
 from schedules.model import ScheduleError
@@ -23,6 +24,15 @@ from .link import HubLink
 from .store import HubStore
 from .display import outcome_vi, parse_date, parse_when, show
 
+# the reference station of docs/hardware.md
+REFERENCE_WIRING = [
+    'amp_relay = "GPIO17"', 'amp_power_good = "GPIO27"', 'amp_fault = "GPIO5"',
+    'amp_feedback = "GPIO6"', 'zone_relays = ["GPIO23", "GPIO24"]',
+    'zone_feedback = ["GPIO13", "GPIO19"]', 'mains_ok = "GPIO12"', 'ups_battery_low = "GPIO16"',
+    'audio_sense = "GPIO22"', 'button_stop = "GPIO20"', 'button_emergency = "GPIO21"',
+    'button_live_mic = "GPIO26"', 'led_link = "GPIO18"', 'led_health = "GPIO25"',
+    'led_on_air = "GPIO8"', "amp_hold_ms = 2000",
+]
 EVERY = {"hourly": "FREQ=HOURLY", "daily": "FREQ=DAILY", "weekly": "FREQ=WEEKLY",
          "weekdays": "FREQ=WEEKLY;BYDAY=MO,TU,WE,TH,FR"}
 
@@ -75,8 +85,7 @@ def add_station(cfg: hubconfig.HubConfig, sid: str, *, name: str, groups: list[s
         f"hub_sender = {json.dumps(cfg.hub_id)}", 'station_key = "station.key"', "",
         "[audio]", f"device = {json.dumps(audio_device)}", "warmup_ms = 500",
         *([f"alsa_config = {json.dumps(alsa_config)}"] if alsa_config else []), "",
-        "[hardware]", 'backend = "simulated"', 'amp_relay = "GPIO17"',
-        'amp_power_good = "GPIO27"', 'audio_sense = "GPIO22"', "",
+        "[hardware]", 'backend = "simulated"', *REFERENCE_WIRING, "",
     ])
     (out / "station.toml").write_text(text, encoding="utf-8")
     return out / "station.toml"
@@ -165,7 +174,19 @@ def parse_duration(text: str) -> int:
     return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[m.group(2)] * 1000
 
 
-def status_rows(store: HubStore) -> list[dict]:
+def _health(s: dict, now) -> str | None:
+    """The station's last reported health, or 'silent' if its heartbeat is more than three
+    intervals late (tighter in a heightened period, when heartbeats are faster)."""
+    from protocol.clock import parse_iso
+    if not s.get("online") or not s.get("last_heartbeat"):
+        return s.get("health")
+    late = (now - parse_iso(s["last_heartbeat"])).total_seconds()
+    return "silent" if late > 3 * (s.get("heartbeat_s") or 60) else s.get("health")
+
+
+def status_rows(store: HubStore, now=None) -> list[dict]:
+    from protocol.clock import SystemClock
+    now = now or SystemClock().now()
     rows = []
     for st in store.stations():
         s = store.state(st["id"]) or {}
@@ -177,6 +198,7 @@ def status_rows(store: HubStore) -> list[dict]:
                      "active": s.get("active_version") or 0,
                      "missing": [m for m in (s.get("missing") or "").split(",") if m],
                      "clock_trusted": s.get("clock_trusted") != 0,
+                     "health": _health(s, now),
                      "outbox": s.get("outbox") or 0, "restarts": s.get("restarts") or 0,
                      "started_at": s.get("started_at"),
                      "alarms": [{"code": a["code"], "detail": a["detail"],
@@ -186,13 +208,14 @@ def status_rows(store: HubStore) -> list[dict]:
 
 
 def render_status(rows: list[dict]) -> str:
-    head = ["Trạm", "Tên", "Kết nối", "Từ lúc", "Bản phát (hub/trạm)", "Thiếu âm thanh",
-            "Đồng hồ", "Chờ gửi", "Khởi động lại", "Lần phát gần nhất"]
+    head = ["Trạm", "Tên", "Kết nối", "Từ lúc", "Sức khỏe", "Bản phát (hub/trạm)",
+            "Thiếu âm thanh", "Đồng hồ", "Chờ gửi", "Khởi động lại", "Lần phát gần nhất"]
     table = [head]
     for r in rows:
         lp = r["last_play"]
         table.append([
             r["id"], r["name"], "trực tuyến" if r["online"] else "mất kết nối", show(r["since"]),
+            HEALTH_VI.get(r["health"] or "", "—"),
             f"{r['desired']}/{r['active']}", str(len(r["missing"])),
             "đúng" if r["clock_trusted"] else "SAI", str(r["outbox"]),
             f"{r['restarts']} (lần cuối {show(r['started_at'])})" if r["started_at"] else "—",
@@ -213,8 +236,17 @@ def render_status(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+HEALTH_VI = {"ok": "tốt", "degraded": "suy giảm", "fault": "LỖI",
+             "silent": "im lặng (mất nhịp tim)"}
 ALARMS_VI = {"clock": "đồng hồ sai", "disk_full": "đầy bộ nhớ",
-             "audio_device": "lỗi thiết bị âm thanh", "no_sound": "loa không ra tiếng"}
+             "audio_device": "lỗi thiết bị âm thanh", "no_sound": "loa không ra tiếng",
+             "amplifier": "lỗi tăng âm", "relay": "lỗi rơ-le",
+             "health.relays": "rơ-le sai trạng thái", "health.amplifier": "tăng âm bất thường",
+             "health.mains": "mất điện lưới", "health.ups": "ắc quy UPS yếu",
+             "health.disk": "sắp đầy bộ nhớ", "health.memory": "thiếu bộ nhớ",
+             "health.cpu_temp": "CPU quá nóng", "health.link": "mất kết nối",
+             "health.clock": "đồng hồ sai", "health.audio_device": "lỗi thiết bị âm thanh",
+             "health.modem": "sóng 4G yếu", "emergency_message": "chưa có tin khẩn cấp"}
 
 
 # -- argparse wiring -------------------------------------------------------------------------
@@ -273,6 +305,33 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = hs.add_parser("serve", help="run the hub")
     p.set_defaults(fn=cmd_serve)
+
+    p = hs.add_parser("alarm", help="alarms: list, acknowledge")
+    al = p.add_subparsers(dest="alarm_cmd", required=True)
+    a = al.add_parser("list", help="open alarms (--all: with the cleared ones)")
+    a.add_argument("--all", action="store_true")
+    a.set_defaults(fn=cmd_alarm_list)
+    a = al.add_parser("ack", help="acknowledge an alarm with a note")
+    a.add_argument("id", type=int)
+    a.add_argument("--by", required=True, help="who acknowledges (the duty officer)")
+    a.add_argument("--note", required=True)
+    a.set_defaults(fn=cmd_alarm_ack)
+
+    p = hs.add_parser("heightened", help="a heightened period (election, holiday, storm)")
+    p.add_argument("--to", required=True, help="all, group:ID or station:ID")
+    p.add_argument("--from", dest="start", required=True, help="dd/mm/yyyy HH:MM")
+    p.add_argument("--until", dest="end", required=True, help="dd/mm/yyyy HH:MM")
+    p.add_argument("--reason", required=True)
+    p.add_argument("--heartbeat", type=int, default=15, help="heartbeat seconds (default 15)")
+    p.add_argument("--selftest", default="05:00", help="daily self-test time (default 05:00)")
+    p.set_defaults(fn=cmd_heightened)
+
+    p = hs.add_parser("emergency", help="the message a station's emergency button plays")
+    p.add_argument("--to", default="all", help="all or station:ID")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--content")
+    what.add_argument("--text")
+    p.set_defaults(fn=cmd_emergency)
 
 
 def cmd_init(args) -> int:
@@ -344,11 +403,77 @@ def cmd_announce(args) -> int:
 def cmd_status(args) -> int:
     cfg, store = _store(args)
     with as_closing(store):
-        rows = status_rows(store)
+        rows = status_rows(store, make_clock(cfg.clock).now())
     if args.json:
         print(json.dumps(rows, ensure_ascii=False, indent=1))
     else:
         print(render_status(rows))
+    return 0
+
+
+def cmd_alarm_list(args) -> int:
+    cfg, store = _store(args)
+    with as_closing(store):
+        rows = store.q("SELECT * FROM alarms " + ("" if args.all else "WHERE cleared_at IS NULL ")
+                       + "ORDER BY raised_at")
+    if not rows:
+        print("Không có cảnh báo / no alarms")
+    for a in rows:
+        state = f"đã hết {show(a['cleared_at'])}" if a["cleared_at"] else "đang mở"
+        ack = f"; đã xác nhận bởi {a['acked_by']}: {a['ack_note']}" if a["acked_at"] else ""
+        print(f"#{a['id']}  {a['station_id']}  {ALARMS_VI.get(a['code'], a['code'])}  "
+              f"từ {show(a['raised_at'])}  {state}  {a['detail']}{ack}")
+    return 0
+
+
+def cmd_alarm_ack(args) -> int:
+    cfg, store = _store(args)
+    with as_closing(store):
+        if not store.ack_alarm(args.id, args.by, args.note, make_clock(cfg.clock).now()):
+            raise HubError(f"cảnh báo #{args.id} không có hoặc đã xác nhận / alarm #{args.id} "
+                           f"does not exist or is already acknowledged")
+    print(f"Đã xác nhận cảnh báo #{args.id} / acknowledged")
+    return 0
+
+
+def cmd_heightened(args) -> int:
+    cfg, store = _store(args)
+    with as_closing(store):
+        now = make_clock(cfg.clock).now()
+        target = check_target(store, args.to)
+        start, end = parse_when(args.start, now), parse_when(args.end, now)
+        if end <= start:
+            raise HubError("thời gian kết thúc phải sau bắt đầu / the end must be after the start")
+        if not 5 <= args.heartbeat <= 3600:
+            raise HubError("nhịp tim 5-3600 giây / heartbeat must be 5-3600 s")
+        from datetime import time as dtime
+        try:
+            dtime.fromisoformat(args.selftest)
+        except ValueError:
+            raise HubError(f"giờ tự kiểm tra {args.selftest!r} / self-test time: HH:MM") from None
+        with write(store.db):
+            store.db["heightened"].insert({"target": target, "start": iso(start),
+                                           "end": iso(end), "reason": args.reason,
+                                           "heartbeat_s": args.heartbeat,
+                                           "selftest_at": args.selftest,
+                                           "created_at": iso(now)})
+    print(f"Giai đoạn cao điểm / heightened: {target} {show(start)} → {show(end)} "
+          f"({args.reason}); nhịp tim {args.heartbeat} s, tự kiểm tra {args.selftest}")
+    return 0
+
+
+def cmd_emergency(args) -> int:
+    cfg, store = _store(args)
+    with as_closing(store):
+        now = make_clock(cfg.clock).now()
+        target = check_target(store, args.to)
+        if target.startswith("group:"):
+            raise HubError("chỉ all hoặc station:ID / only all or station:ID")
+        content = add_content_text(store, args.text, title="Tin khẩn cấp tại chỗ", now=now) \
+            if args.text else find_content(store, args.content)
+        key = "emergency:all" if target == "all" else f"emergency:{target.split(':', 1)[1]}"
+        store.set_setting(key, content["sha"])
+    print(f"Tin khẩn cấp tại chỗ / local emergency message for {target}: {content['sha'][:12]}")
     return 0
 
 

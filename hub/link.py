@@ -37,6 +37,9 @@ class HubLink:
         self.quiet = quiet
         self.counters: dict[str, int] = {}
         self._rings: dict[str, KeyRing] = {}
+        # chunks handed to paho and not yet acknowledged, by (station, sha, offset): paho
+        # re-sends them after a reconnect, so a repeated fetch must not send them again
+        self._in_flight: dict[tuple[str, str, int], Any] = {}
         self._data_version: int | None = None
         self._last_plan = -1e9
         self.link = MqttLink(
@@ -151,6 +154,13 @@ class HubLink:
                 self._on_report(sid, env.body)
             elif leaf == "fetch" and env.kind == "fetch":
                 self._on_fetch(sid, env.body)
+            elif leaf == "health" and env.kind == "heartbeat":
+                b = env.body
+                if not isinstance(b.get("status"), str) or not isinstance(b.get("probes"), dict):
+                    raise Refused(Reason.MALFORMED, "heartbeat without status and probes")
+                self.store.set_state(sid, health=b["status"][:16], last_heartbeat=iso(now),
+                                     health_probes=json.dumps(b["probes"], ensure_ascii=False),
+                                     heartbeat_s=int(b.get("interval_s") or 0))
             elif leaf == "fetch" and env.kind == "time":
                 nonce = env.body.get("nonce")
                 if not isinstance(nonce, str) or len(nonce) > 64:
@@ -252,6 +262,14 @@ class HubLink:
             raise Refused(Reason.MALFORMED, f"no content {sha[:12]}")
         blob = self.store.content_path(sha).read_bytes()
         start = min(offset, len(blob))
-        for raw in chunks.iter_chunks(sha, blob, start=start, stop=start + length):
-            self.link.publish(self.topics.audio(sid), raw)
-            self._count("audio.bytes_sent")
+        self._in_flight = {k: v for k, v in self._in_flight.items() if not v.acknowledged}
+        for off in range(start, max(min(start + length, len(blob)), 1), chunks.CHUNK_SIZE):
+            if (sid, sha, off) in self._in_flight:
+                self._count("audio.chunks_already_in_flight")
+                continue
+            raw = chunks.encode(sha, off, len(blob),
+                                blob[off:min(off + chunks.CHUNK_SIZE, start + length)])
+            sent = self.link.publish(self.topics.audio(sid), raw)
+            if sent is not None:
+                self._in_flight[(sid, sha, off)] = sent
+                self._count("audio.chunks_sent")

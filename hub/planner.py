@@ -71,8 +71,21 @@ def programme(store: HubStore, sid: str, now: datetime,
         content[c["sha"]] = {"size": c["size"], "duration_ms": c["duration_ms"],
                              "codec": c["codec"]}
     items.sort(key=lambda d: (d["start"], d["id"]))
+    emergency = store.setting(f"emergency:{sid}") or store.setting("emergency:all")
+    if emergency and store.content(emergency):
+        c = store.content(emergency)
+        content[emergency] = {"size": c["size"], "duration_ms": c["duration_ms"],
+                              "codec": c["codec"]}
+    heightened = None
+    for h in store.q("SELECT * FROM heightened WHERE end > ? ORDER BY start", [iso(now)]):
+        if targets(h["target"], sid, groups):
+            heightened = {"start": h["start"], "end": h["end"], "reason": h["reason"],
+                          "heartbeat_s": h["heartbeat_s"], "selftest_at": h["selftest_at"]}
+            break
     return {"station": sid, "items": items, "content": content,
-            "quiet_hours": quiet.to_wire() if quiet else None, "tz": "Asia/Ho_Chi_Minh"}
+            "quiet_hours": quiet.to_wire() if quiet else None, "tz": "Asia/Ho_Chi_Minh",
+            "emergency": emergency if emergency in content else None,
+            "heightened": heightened}
 
 
 def plan_station(store: HubStore, signer: Signer, sid: str, now: datetime,

@@ -68,6 +68,16 @@ def m003_stream_items(db) -> None:
     db["schedule_items"].add_column("duration_ms", int)
 
 
+@migrations
+def m004_health_and_heightened(db) -> None:
+    for col, typ in (("health", str), ("health_probes", str), ("last_heartbeat", str),
+                     ("heartbeat_s", int)):
+        db["station_state"].add_column(col, typ)
+    db["heightened"].create({"id": int, "target": str, "start": str, "end": str,
+                             "reason": str, "heartbeat_s": int, "selftest_at": str,
+                             "created_at": str}, pk="id")
+
+
 HISTORICAL_AFTER_S = 60  # an event sent this long after it happened is history, not news
 
 
@@ -224,6 +234,12 @@ class HubStore:
                                           "raised_at": at, "historical": historical})
         elif open_row is not None:
             self.db.execute("UPDATE alarms SET cleared_at = ? WHERE id = ?", [at, open_row[0]])
+
+    def ack_alarm(self, alarm_id: int, by: str, note: str, now: datetime) -> bool:
+        with self.lock, write(self.db):
+            return self.db.execute(
+                "UPDATE alarms SET acked_at = ?, acked_by = ?, ack_note = ? WHERE id = ? AND "
+                "acked_at IS NULL", [iso(now), by, note, alarm_id]).rowcount == 1
 
     def open_alarms(self, sid: str | None = None) -> list[dict[str, Any]]:
         sql = "SELECT * FROM alarms WHERE cleared_at IS NULL"

@@ -31,6 +31,15 @@ class Inbound:
     retain: bool
 
 
+class Sent:
+    def __init__(self, info: "paho.MQTTMessageInfo") -> None:
+        self._info = info
+
+    @property
+    def acknowledged(self) -> bool:
+        return self._info.is_published()
+
+
 @dataclass(frozen=True)
 class Will:
     topic: str
@@ -121,12 +130,15 @@ class MqttLink:
         return self.connected.wait(timeout)
 
     # -- traffic ---------------------------------------------------------------------------
-    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> bool:
-        """Hand a message to paho. False if we are not connected (the caller keeps it)."""
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1,
+                retain: bool = False) -> "Sent | None":
+        """Hand a message to paho; None if we are not connected (the caller keeps it). The
+        returned handle says whether the broker has acknowledged it: until then paho holds it
+        and re-sends it after a reconnect."""
         if not self.connected.is_set():
-            return False
+            return None
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
-        return info.rc == paho.MQTT_ERR_SUCCESS
+        return Sent(info) if info.rc == paho.MQTT_ERR_SUCCESS else None
 
     def publish_wait(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
                      timeout: float = 5.0) -> bool:

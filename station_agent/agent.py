@@ -27,6 +27,7 @@ from protocol.storage import write
 from protocol.topics import Topics
 from schedules import Item
 
+from . import health as probes
 from .clocktrust import ClockTrust
 from .config import StationConfig
 from .runner import Runner
@@ -38,6 +39,7 @@ REPORT_TTL = timedelta(days=30)
 FETCH_WINDOW = 256 * 1024   # bytes asked for at a time: a re-request repeats at most this
 TRUST_SAVE_EVERY_S = 60.0
 TIME_ASK_EVERY_S = 10.0
+SIM_FAULTS = "sim-faults.json"   # `loaxa agent fault` writes it; simulated boards only
 _CONNECTED = Inbound("$local/connected", b"", False)
 
 
@@ -59,7 +61,8 @@ class Agent:
         self.runner = Runner(store=self.store, board=self.board, player=self.player,
                              clock=self.clock, warmup_ms=cfg.warmup_ms,
                              power_good_timeout_ms=cfg.power_good_timeout_ms,
-                             alarm=self.alarm, stream_stall_s=cfg.stream_stall_s)
+                             alarm=self.alarm, stream_stall_s=cfg.stream_stall_s,
+                             hold_ms=cfg.amp_hold_ms, selftest_at=cfg.selftest_at)
         self.link = MqttLink(
             client_id=f"station-{self.id}", broker=cfg.broker,
             subscriptions=self.topics.station_subscriptions(self.id, cfg.groups),
@@ -77,6 +80,12 @@ class Agent:
         self._trust_saved = -1e9
         self._time_asked = -1e9
         self._time_nonce: str | None = None
+        self.health = probes.HealthModel(
+            debounce=2, on_change=lambda name, status, detail: self.alarm(
+                f"health.{name}", status in ("degraded", "fault"), detail))
+        self._health_at = -1e9
+        self._heartbeat_at = -1e9
+        self._faults_mtime: int | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -123,13 +132,117 @@ class Agent:
             self.handle(msg)
         # each phase on its own: a bug in one (logged, counted) never stops the others,
         # above all never the runner
-        for phase in (self._try_activate, lambda: self.runner.tick(timed=self.trust.trusted),
-                      self._request_audio, self._flush_reports, self._write_status):
+        for phase in (self._sim_faults, self._buttons, self._try_activate,
+                      lambda: self.runner.tick(timed=self.trust.trusted), self._request_audio,
+                      self._flush_reports, self._sample_health, self._heartbeat, self._leds,
+                      self._write_status):
             try:
                 phase()
             except Exception:
                 log.exception("agent step failed")
                 self.store.bump("errors.step")
+
+    # -- health, heartbeat, local controls ------------------------------------------------
+    def _sample_health(self) -> None:
+        mono = self.clock.monotonic()
+        if mono - self._health_at < self.cfg.health_every_s:
+            return
+        self._health_at = mono
+        b = self.board
+        found = [*probes.power(b), probes.cpu_temperature(), probes.disk(self.store.dir),
+                 probes.memory(),
+                 probes.Probe("clock", "ok" if self.trust.trusted else "fault",
+                              self.trust.trusted, "" if self.trust.trusted else self.trust.detail),
+                 probes.Probe("link", "ok" if self.link.connected.is_set() else "degraded",
+                              self.link.connected.is_set(),
+                              "" if self.link.connected.is_set() else "no broker connection"),
+                 probes.Probe("audio_device", "fault" if self.store.get("alarm.audio_device")
+                              is not None else "ok", None,
+                              self.store.get("alarm.audio_device") or "")]
+        if self.runner.current is None:  # relays and amplifier mean something only at rest
+            found += [probes.relays(b), probes.amplifier(b)]
+        m = probes.modem()
+        if m is not None:
+            found.append(m)
+        self.health.update(found)
+
+    def heartbeat_interval(self) -> float:
+        period = self._heightened()
+        return float(period.get("heartbeat_s", self.cfg.heartbeat_s)) if period \
+            else float(self.cfg.heartbeat_s)
+
+    def _heightened(self) -> dict:
+        """The heightened period in force now, from the active programme, or {}."""
+        active = self.store.active_bundle()
+        h = (active[1] if active else {}).get("heightened") or {}
+        try:
+            now = self.clock.now()
+            return h if parse_iso(h["start"]) <= now < parse_iso(h["end"]) else {}
+        except (KeyError, TypeError, ValueError):
+            return {}
+
+    def _heartbeat(self) -> None:
+        mono = self.clock.monotonic()
+        if not self.link.connected.is_set() or \
+                mono - self._heartbeat_at < self.heartbeat_interval():
+            return
+        self._heartbeat_at = mono
+        st = self.runner.status()
+        body = {"status": self.health.status, "probes": self.health.summary(),
+                "on_air": st["on_air"], "relay": st["relay"],
+                "heightened": bool(self._heightened()),
+                "interval_s": int(self.heartbeat_interval())}
+        self.link.publish(self.topics.health(self.id),
+                          self._seal("heartbeat", body, timedelta(minutes=10)))
+
+    def _leds(self) -> None:
+        b, st = self.board, self.health.status
+        b.led("link", "on" if self.link.connected.is_set() else "blink")
+        b.led("health", {"ok": "on", "degraded": "blink"}.get(st, "off"))
+        b.led("on_air", "on" if self.runner.current is not None else "off")
+
+    def _buttons(self) -> None:
+        while True:
+            try:
+                name, pressed = self.board.presses.get_nowait()
+            except Exception:
+                return
+            now = self.clock.now()
+            self.store.event("button", {"button": name, "pressed": pressed}, now)
+            if not pressed:
+                continue
+            if name == "stop":
+                self.runner.stop("stopped with the stop button at the station")
+            elif name == "emergency":
+                active = self.store.active_bundle()
+                sha = (active[1] if active else {}).get("emergency")
+                if sha and self.store.has_audio(sha):
+                    self.runner.play_now(sha, "local emergency message (button)")
+                else:
+                    self.alarm("emergency_message", True, "no stored emergency message")
+            elif name == "live_mic":
+                self.runner.toggle_live_mic(self.cfg.live_mic_timeout_s)
+
+    def _sim_faults(self) -> None:
+        """A running simulated station takes the faults `loaxa agent fault` writes."""
+        eq = getattr(self.board, "equipment", None)
+        if eq is None:
+            return
+        path = self.store.dir / SIM_FAULTS
+        try:
+            mtime = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            mtime = None
+        if mtime == self._faults_mtime:
+            return
+        self._faults_mtime = mtime
+        from hardware import Fault
+        names = json.loads(path.read_text()).get("faults", []) if mtime else []
+        eq.set_faults({Fault(n) for n in names})
+        for press in (json.loads(path.read_text()).get("press", []) if mtime else []):
+            eq.press(press, True)
+            eq.press(press, False)
+        log.warning("simulated faults now: %s", sorted(names) or "none")
 
     # -- alarms and clock ------------------------------------------------------------------
     def alarm(self, code: str, active: bool, detail: str = "") -> None:
@@ -370,7 +483,7 @@ class Agent:
               "audio_missing": len(self.store.missing_audio(wanted)),
               "outbox": self.store.outbox_size(), "clock_trusted": self.trust.trusted,
               "alarms": self.alarms(), "counters": self.store.counters(),
-              **self.runner.status()}
+              "health": self.health.status, **self.runner.status()}
         if st != self._last_status:
             tmp = self._status_path.with_suffix(".tmp")
             tmp.write_text(json.dumps({**st, "pid": os.getpid(), "at": iso(self.clock.now())}))

@@ -19,6 +19,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sa.add_parser("check", help="validate station.toml and exit")
     p.add_argument("--config", type=Path, required=True)
     p.set_defaults(fn=cmd_check)
+    p = sa.add_parser("fault", help="inject or clear a fault on a running simulated station")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("action", choices=["inject", "clear", "list"])
+    p.add_argument("fault", nargs="?", help="amp_dead, amp_protect, relay_stuck_open, "
+                   "relay_stuck_closed, zone_stuck_open, mains_lost, ups_battery_low, silent")
+    p.set_defaults(fn=cmd_fault)
+    p = sa.add_parser("press", help="press a button on a running simulated station")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("button", choices=["stop", "emergency", "live_mic"])
+    p.set_defaults(fn=cmd_press)
 
 
 def cmd_check(args) -> int:
@@ -36,4 +46,57 @@ def cmd_run(args) -> int:
         signal.signal(sig, lambda *_: stop.set())
     logging.getLogger("loaxa").info("station %s starting", cfg.station_id)
     agent.run(stop)
+    return 0
+
+
+def _sim_file(args) -> tuple[Path, dict]:
+    import json
+    from .agent import SIM_FAULTS
+    cfg = config.load(args.config)
+    if cfg.hardware_backend != "simulated":
+        raise config.ConfigError(f"{cfg.station_id} has real hardware ({cfg.hardware_backend}):"
+                                 f" faults are injected only into the simulated board")
+    path = Path(cfg.data_dir) / SIM_FAULTS
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        state = {}
+    return path, state
+
+
+def _write(path: Path, state: dict) -> None:
+    import json
+    import os
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, path)
+
+
+def cmd_fault(args) -> int:
+    from hardware import Fault
+    path, state = _sim_file(args)
+    faults = set(state.get("faults", []))
+    if args.action != "list":
+        try:
+            name = Fault(args.fault).value
+        except ValueError:
+            raise config.ConfigError(f"unknown fault {args.fault!r}: "
+                                     f"{', '.join(f.value for f in Fault)}") from None
+        (faults.add if args.action == "inject" else faults.discard)(name)
+        _write(path, {"faults": sorted(faults)})
+    print("faults:", ", ".join(sorted(faults)) or "none")
+    return 0
+
+
+def write_faults(data_dir: Path, faults: list[str], press: list[str] | None = None) -> None:
+    """What `loaxa agent fault` and `press` write (tests call it directly)."""
+    from .agent import SIM_FAULTS
+    _write(Path(data_dir) / SIM_FAULTS, {"faults": sorted(faults), "press": press or []})
+
+
+def cmd_press(args) -> int:
+    path, state = _sim_file(args)
+    _write(path, {"faults": state.get("faults", []), "press": [args.button]})
+    print(f"pressed {args.button}")
     return 0

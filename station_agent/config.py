@@ -44,6 +44,11 @@ class StationConfig:
     report_batch: int = 100
     volume: float = 1.0
     stream_stall_s: float = 5.0
+    amp_hold_ms: int = 2000
+    heartbeat_s: int = 60
+    selftest_at: str | None = "04:30"
+    live_mic_timeout_s: int = 900
+    health_every_s: float = 5.0
     clock_max_step_s: float = 30.0
     clock_max_skew_s: float = 60.0
 
@@ -128,8 +133,13 @@ def load(path: str | Path) -> StationConfig:
     backend = _get(hw, "backend", str, errors, "hardware", "simulated")
     if backend not in ("simulated", "rpigpio", "lgpio"):
         errors.append(f"[hardware] backend = {backend!r}: simulated, rpigpio or lgpio")
-    wiring = {k: v for k, v in hw.items() if k not in ("backend", "simulated",
+    wiring = {k: v for k, v in hw.items() if k not in ("backend", "simulated", "amp_hold_ms",
                                                         "power_good_timeout_ms")}
+    try:
+        from hardware import BoardError, Wiring
+        Wiring.from_dict(wiring)
+    except BoardError as exc:
+        errors.append(f"[hardware] {exc}")
     values = dict(
         station_id=sid, name=_get(st, "name", str, errors, "station", sid), groups=tuple(groups),
         data_dir=data_dir, station_key=station_key, hub_public=hub_public,
@@ -141,6 +151,11 @@ def load(path: str | Path) -> StationConfig:
         volume=float(_get(au, "volume", (int, float), errors, "audio", 1.0) or 0.0),
         stream_stall_s=float(_get(au, "stream_stall_s", (int, float), errors, "audio", 5.0)),
         power_good_timeout_ms=_get(hw, "power_good_timeout_ms", int, errors, "hardware", 3000),
+        amp_hold_ms=_get(hw, "amp_hold_ms", int, errors, "hardware", 2000),
+        heartbeat_s=_get(st, "heartbeat_s", int, errors, "station", 60),
+        selftest_at=_get(st, "selftest_at", str, errors, "station", "04:30") or None,
+        live_mic_timeout_s=_get(au, "live_mic_timeout_s", int, errors, "audio", 900),
+        health_every_s=float(_get(st, "health_every_s", (int, float), errors, "station", 5)),
         hardware_backend=backend, wiring=wiring, sim=dict(hw.get("simulated", {})),
         min_free_bytes=(_get(st, "min_free_mb", int, errors, "station", 64) or 0) * 2**20,
         report_batch=max(1, min(500, _get(st, "report_batch", int, errors, "station", 100) or 100)),

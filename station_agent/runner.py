@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from typing import Any, Callable
 
 from protocol.clock import Clock, iso, parse_iso
-from schedules import Item, Occurrence, QuietHours, overdue, startable_at
+from schedules import TZ, Item, Occurrence, Priority, QuietHours, overdue, startable_at
 
 from .store import StationStore
 
 log = logging.getLogger("loaxa.runner")
 MISSED_LOOKBACK = timedelta(days=1)
+ZONE_SETTLE_S = 0.03  # relay contacts settle in ~10 ms; feedback is read after this
 CHECKPOINT_EVERY_S = 60.0
 
 
@@ -28,18 +29,23 @@ class _Current:
     relay_on_mono: float
     power_good_at: datetime | None = None
     power_good_mono: float | None = None
+    zones_on_at: datetime | None = None
+    zones_on_mono: float | None = None
     playback: Any = None
     play_mono: float | None = None      # when the current player started
     sense_samples: int = 0              # audio-sense readings during playback
     sense_sound: int = 0                # ... of which heard sound
     stream_failure: str | None = None   # why a relay fell back to its fallback content
+    selftest: bool = False              # a silent self-test: the sequence without audio
+    key: str | None = None              # the record's key, if not the occurrence's
 
 
 class Runner:
     def __init__(self, *, store: StationStore, board: Any, player: Any, clock: Clock,
                  warmup_ms: int = 500, power_good_timeout_ms: int = 3000,
                  alarm: Callable[[str, bool, str], None] | None = None,
-                 stream_stall_s: float = 5.0) -> None:
+                 stream_stall_s: float = 5.0, hold_ms: int = 0,
+                 selftest_at: str | None = None) -> None:
         self.store = store
         self.board = board
         self.player = player
@@ -49,6 +55,10 @@ class Runner:
         self.current: _Current | None = None
         self.alarm = alarm or (lambda code, active, detail: None)
         self.stream_stall_s = stream_stall_s
+        self.hold_s = hold_ms / 1000
+        self._amp_off_at: float | None = None   # monotonic time the held amplifier goes off
+        self.selftest_at = time.fromisoformat(selftest_at) if selftest_at else None
+        self.live_mic_until: float | None = None  # monotonic end of live-microphone mode
         self._programme_version: int | None = None
         self._items: list[Item] = []
         self._quiet: QuietHours | None = None
@@ -71,6 +81,7 @@ class Runner:
     def recover(self) -> int:
         """After a restart: the amplifier off, and any playback cut by the crash recorded once
         as interrupted (never replayed). Returns how many."""
+        self.board.zones_off()
         self.board.amp_off()
         now = self.clock.now()
         keys = self.store.interrupted_plays()
@@ -81,6 +92,7 @@ class Runner:
     def shutdown(self) -> None:
         if self.current:
             self._end(self.clock.now(), "interrupted", "agent stopped", stop_player=True)
+        self.board.zones_off()
         self.board.amp_off()
 
     # -- the loop --------------------------------------------------------------------------
@@ -88,15 +100,26 @@ class Runner:
         """``timed=False`` while the clock is not trusted: what plays finishes, nothing timed
         starts and nothing is declared missed on the strength of a wrong clock."""
         now = self.clock.now()
+        if self.current is None and self._amp_off_at is not None \
+                and self.clock.monotonic() >= self._amp_off_at:
+            self.board.amp_off()  # the hold after the last item is over
+            self._amp_off_at = None
         if not timed:
             if self.current is not None:
                 self._advance(now)
             return
         items, quiet = self._programme()
         self._sweep_missed(items, quiet, now)
+        if self.live_mic_until is not None:  # the microphone holds the air; the schedule waits
+            if self.clock.monotonic() >= self.live_mic_until:
+                self._live_mic_off(now, "timed out")
+            return
         best = next((o for o in startable_at(items, now, quiet=quiet)
                      if self.store.play_state(o.key) is None), None)
         cur = self.current
+        if cur is None and best is None:
+            self._maybe_selftest(now)
+            return
         if cur is not None:
             if best is not None and best.item.priority > cur.occ.item.priority:
                 self._end(now, "preempted", f"preempted by {best.key}", stop_player=True,
@@ -106,6 +129,66 @@ class Runner:
                 self._advance(now)
         elif best is not None:
             self._start(best, now)
+
+    # -- local controls and the self-test -------------------------------------------------
+    def stop(self, reason: str) -> bool:
+        """The stop button: the current item ends now, recorded with the reason."""
+        if self.current is None:
+            return False
+        self._end(self.clock.now(), "stopped", reason, stop_player=True)
+        return True
+
+    def play_now(self, content: str, reason: str) -> None:
+        """Play stored content at once, as khẩn cấp (the local emergency button)."""
+        now = self.clock.now()
+        active = self.store.active_bundle()
+        meta = (active[1] if active else {}).get("content", {}).get(content, {})
+        item = Item("local", content, int(meta.get("duration_ms") or 1000), Priority.KHAN_CAP,
+                    now, late_start_s=60, title=reason)
+        if self.current is not None:
+            self._end(now, "preempted", f"preempted by {reason}", stop_player=True,
+                      keep_relay=True)
+        self._begin(Occurrence(now, item), now)
+
+    def toggle_live_mic(self, timeout_s: float) -> None:
+        now = self.clock.now()
+        if self.live_mic_until is not None:
+            self._live_mic_off(now, "released")
+            return
+        if self.current is not None:
+            self._end(now, "interrupted", "live microphone at the station", stop_player=True,
+                      keep_relay=True)
+        self.board.amp_on()
+        self.board.zones_on()
+        self._amp_off_at = None
+        self.live_mic_until = self.clock.monotonic() + timeout_s
+        self.store.event("live_mic", {"on": True, "timeout_s": int(timeout_s)}, now)
+
+    def _live_mic_off(self, now: datetime, how: str) -> None:
+        self.live_mic_until = None
+        self.board.zones_off()
+        self.board.amp_off()
+        self.store.event("live_mic", {"on": False, "how": how}, now)
+
+    def _maybe_selftest(self, now: datetime) -> None:
+        """Once a day at ``selftest_at`` (local): relay, amplifier and zones exercised with no
+        audio, recorded like a playback (item ``selftest``)."""
+        if self.selftest_at is None:
+            return
+        local = now.astimezone(TZ)
+        if local.time() < self.selftest_at:
+            return
+        key = f"selftest@{local:%Y%m%d}"
+        if self.store.play_state(key) is not None:
+            return
+        start = datetime.combine(local.date(), self.selftest_at, TZ)
+        item = Item("selftest", "", 1000, Priority.THONG_THUONG, start, title="silent self-test")
+        occ = Occurrence(start, item)
+        self.store.start_play(key, "selftest", "", start, now)
+        self._amp_off_at = None
+        if not self.board.amp_relay_on:
+            self.board.amp_on()
+        self.current = _Current(occ, now, self.clock.monotonic(), selftest=True, key=key)
 
     def _sweep_missed(self, items: list[Item], quiet: QuietHours | None, now: datetime) -> None:
         """Record once, as missed, every occurrence whose late-start window closed without it
@@ -140,29 +223,64 @@ class Runner:
     def _begin(self, occ: Occurrence, now: datetime, relay_already_on: bool = False) -> None:
         self.store.start_play(occ.key, occ.item.id, occ.item.content, occ.start, now)
         mono = self.clock.monotonic()
-        if not relay_already_on:
+        self._amp_off_at = None
+        if not self.board.amp_relay_on:
             self.board.amp_on()
         self.current = _Current(occ, now, mono)
         log.info("on air soon: %s (%s)", occ.key, occ.item.title)
         self._advance(now)
+
+    def _fail(self, now: datetime, step: str, reason: str, alarm: str) -> None:
+        """Abort cleanly at ``step``: zones and amplifier off, the outcome and an alarm."""
+        self.alarm(alarm, True, f"{step}: {reason}")
+        self._end(now, "failed", f"step {step}: {reason}", hold=False,
+                  extra={"step": step, "reason": reason})
 
     def _advance(self, now: datetime) -> None:
         cur = self.current
         assert cur is not None
         mono = self.clock.monotonic()
         if cur.playback is None:
-            if cur.power_good_mono is None:
+            if cur.power_good_mono is None:  # 1. amplifier relay closed: wait for power-good
+                if self.board.amp_fault:
+                    self._fail(now, "amplifier", "amplifier reports a fault (protection)",
+                               "amplifier")
+                    return
                 if self.board.amp_power_good:
                     cur.power_good_at, cur.power_good_mono = now, mono
+                    mismatch = self.board.feedback_mismatch()
+                    if mismatch:
+                        self._fail(now, "amp_relay", "; ".join(mismatch), "relay")
+                        return
+                    self.alarm("amplifier", False, "")
                 elif mono - cur.relay_on_mono >= self.pg_timeout_s:
-                    self._end(now, "failed", f"amplifier gave no power-good within "
-                              f"{self.pg_timeout_s:.1f}s of its relay closing")
+                    mismatch = self.board.feedback_mismatch()
+                    if mismatch:
+                        self._fail(now, "amp_relay", "; ".join(mismatch), "relay")
+                    else:
+                        self._fail(now, "power_good", f"no power-good within "
+                                   f"{self.pg_timeout_s:.1f}s of the relay closing", "amplifier")
                     return
                 else:
                     return
-            if mono - cur.power_good_mono < self.warmup_s:
+            if mono - cur.power_good_mono < self.warmup_s:  # 2. warm-up
                 return
-            item = cur.occ.item
+            if cur.zones_on_mono is None:  # 3. speaker zones on
+                self.board.zones_on()
+                cur.zones_on_at, cur.zones_on_mono = now, mono
+                return
+            if mono - cur.zones_on_mono < ZONE_SETTLE_S:
+                return
+            mismatch = self.board.feedback_mismatch()
+            if mismatch:
+                self._fail(now, "zones", "; ".join(mismatch), "relay")
+                return
+            self.alarm("relay", False, "")
+            if cur.selftest:
+                self._end(now, "passed", "relay, amplifier and zones answered; no audio",
+                          hold=False)
+                return
+            item = cur.occ.item  # 4. play
             try:
                 if item.stream:
                     cur.playback = self.player.start_stream(
@@ -206,7 +324,9 @@ class Runner:
                 self._end(now, "failed", detail)
 
     def _end(self, now: datetime, outcome: str, detail: str, *, stop_player: bool = False,
-             keep_relay: bool = False, extra: dict[str, Any] | None = None) -> None:
+             keep_relay: bool = False, hold: bool = True,
+             extra: dict[str, Any] | None = None) -> None:
+        """5. zones off, then the amplifier off after the hold (or at once on a failure)."""
         cur = self.current
         assert cur is not None
         if stop_player and cur.playback is not None:
@@ -214,7 +334,11 @@ class Runner:
         if cur.playback is not None:
             self.board.audio_signal(False)
         if not keep_relay:
-            self.board.amp_off()
+            self.board.zones_off()
+            if hold and self.hold_s > 0:
+                self._amp_off_at = self.clock.monotonic() + self.hold_s
+            else:
+                self.board.amp_off()
         self.current = None
         # proof of play: did the amplifier's output carry sound while we played?
         sound_out = None if not cur.sense_samples else cur.sense_sound > 0
@@ -226,15 +350,19 @@ class Runner:
                   if cur.sense_samples else None,
                   "relay_on": iso(cur.relay_on_at),
                   "power_good": iso(cur.power_good_at) if cur.power_good_at else None,
-                  "relay_off": None if keep_relay else iso(now), **(extra or {})}
-        self.store.finish_play(cur.occ.key, outcome, detail, now, record)
-        log.info("%s: %s %s", cur.occ.key, outcome, detail)
+                  "zones_on": iso(cur.zones_on_at) if cur.zones_on_at else None,
+                  "zones_off": None if keep_relay else iso(now),
+                  "relay_off": iso(now) if not keep_relay and self._amp_off_at is None else None,
+                  **(extra or {})}
+        self.store.finish_play(cur.key or cur.occ.key, outcome, detail, now, record)
+        log.info("%s: %s %s", cur.key or cur.occ.key, outcome, detail)
 
     def status(self) -> dict[str, Any]:
         cur = self.current
         return {
             "programme_version": self._programme_version,
             "relay": self.board.amp_relay_on, "power_good": self.board.amp_power_good,
+            "on_air": cur is not None and cur.playback is not None,
             "playing": cur.occ.key if cur and cur.playback is not None else None,
             "starting": cur.occ.key if cur and cur.playback is None else None,
         }

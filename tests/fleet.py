@@ -64,7 +64,11 @@ class Fleet:
             add_station(self.cfg, sid, name=f"Đài xã {sid}", groups=["g1"], out=d,
                         audio_device="loaxa_sink", alsa_config="sink.conf",
                         clock=f"file:{tmp / f'clock-{sid}'}")
+            # the daily self-test off unless a test asks for it: it would add its own record
+            settings = {"station": {"selftest_at": ""}}
             for section, values in (station or {}).items():
+                settings.setdefault(section, {}).update(values)
+            for section, values in settings.items():
                 for k, v in values.items():
                     patch_toml(d / "station.toml", section, k, v)
         self.store = HubStore(self.cfg.db_path)

@@ -34,7 +34,8 @@ def test_migrations_run_once(tmp_path):
     s.close()
     s = HubStore(tmp_path / "h.db")
     assert [r["name"] for r in s.q("SELECT name FROM _migrations")] == \
-        ["m001_initial", "m002_live_state_and_alarms", "m003_stream_items"]
+        ["m001_initial", "m002_live_state_and_alarms", "m003_stream_items",
+         "m004_health_and_heightened"]
     s.close()
 
 

@@ -1,0 +1,130 @@
+"""What the station knows of its own health.
+
+Probes are small functions returning (status, value, detail); ``HealthModel`` combines them
+into ok / degraded / fault with debounce (a probe must read the same for ``debounce``
+samples before its state changes), so a flicker is not an alarm and a real change is one.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+ORDER = {"ok": 0, "unknown": 0, "degraded": 1, "fault": 2}
+
+
+@dataclass(frozen=True)
+class Probe:
+    name: str
+    status: str        # ok | degraded | fault | unknown
+    value: Any = None  # a number or short text, for the heartbeat
+    detail: str = ""
+
+
+def relays(board: Any) -> Probe:
+    mismatch = board.feedback_mismatch()
+    return Probe("relays", "fault" if mismatch else "ok", len(mismatch), "; ".join(mismatch))
+
+
+def amplifier(board: Any) -> Probe:
+    if board.amp_fault:
+        return Probe("amplifier", "fault", "protect", "amplifier reports a fault (protection)")
+    if not board.amp_relay_on and board.amp_power_good:
+        return Probe("amplifier", "fault", "on", "amplifier powered while its relay is off")
+    return Probe("amplifier", "ok", "on" if board.amp_relay_on else "off")
+
+
+def power(board: Any) -> list[Probe]:
+    out = []
+    mains, low = board.mains_ok, board.ups_battery_low
+    if mains is not None:
+        out.append(Probe("mains", "ok" if mains else "degraded", bool(mains),
+                         "" if mains else "mains lost: running on the UPS battery"))
+    if low is not None:
+        out.append(Probe("ups", "fault" if low else "ok", not low,
+                         "UPS battery low" if low else ""))
+    return out
+
+
+def cpu_temperature(path: Path = Path("/sys/class/thermal/thermal_zone0/temp")) -> Probe:
+    try:
+        c = int(path.read_text().strip()) / 1000
+    except (OSError, ValueError):
+        return Probe("cpu_temp", "unknown", None, "no thermal sensor")
+    status = "fault" if c >= 85 else "degraded" if c >= 75 else "ok"
+    return Probe("cpu_temp", status, round(c), f"{c:.0f} °C" if status != "ok" else "")
+
+
+def disk(path: Path) -> Probe:
+    u = shutil.disk_usage(path)
+    pct = 100 * u.free // max(u.total, 1)
+    status = "fault" if pct < 5 else "degraded" if pct < 10 else "ok"
+    return Probe("disk", status, int(pct), f"{u.free // 2**20} MiB free" if status != "ok" else "")
+
+
+def memory(meminfo: Path = Path("/proc/meminfo")) -> Probe:
+    try:
+        info = {ln.split(":")[0]: int(ln.split()[1]) for ln in meminfo.read_text().splitlines()
+                if ln.split(":")[0] in ("MemTotal", "MemAvailable")}
+        pct = 100 * info["MemAvailable"] // info["MemTotal"]
+    except (OSError, KeyError, ValueError, IndexError, ZeroDivisionError):
+        return Probe("memory", "unknown", None, "no /proc/meminfo")
+    status = "fault" if pct < 5 else "degraded" if pct < 10 else "ok"
+    return Probe("memory", status, int(pct), f"{pct}% available" if status != "ok" else "")
+
+
+def modem() -> Probe | None:
+    """4G signal quality from ModemManager, where it is installed (None where it is not)."""
+    if not shutil.which("mmcli"):
+        return None
+    try:
+        out = subprocess.run(["mmcli", "-m", "any", "--output-keyvalue"], capture_output=True,
+                             text=True, timeout=5).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return Probe("modem", "unknown", None, "mmcli did not answer")
+    for line in out.splitlines():
+        if "signal-quality.value" in line:
+            q = int(line.split(":")[-1].strip() or 0)
+            return Probe("modem", "degraded" if q < 15 else "ok", q,
+                         f"4G signal {q}%" if q < 15 else "")
+    return Probe("modem", "unknown", None, "no modem found")
+
+
+class HealthModel:
+    def __init__(self, *, debounce: int = 2,
+                 on_change: Callable[[str, str, str], None] | None = None) -> None:
+        self.debounce = debounce
+        self.on_change = on_change or (lambda name, status, detail: None)
+        self.state: dict[str, Probe] = {}       # the debounced state of each probe
+        self._pending: dict[str, tuple[str, int]] = {}
+
+    def update(self, probes: list[Probe]) -> None:
+        for p in probes:
+            cur = self.state.get(p.name)
+            if cur is None:  # first reading counts at once
+                self.state[p.name] = p
+                if ORDER[p.status]:
+                    self.on_change(p.name, p.status, p.detail)
+                continue
+            if p.status == cur.status:
+                self.state[p.name] = p  # fresh value and detail
+                self._pending.pop(p.name, None)
+                continue
+            seen, n = self._pending.get(p.name, (p.status, 0))
+            n = n + 1 if seen == p.status else 1
+            if n >= self.debounce:
+                self.state[p.name] = p
+                self._pending.pop(p.name, None)
+                self.on_change(p.name, p.status, p.detail)
+            else:
+                self._pending[p.name] = (p.status, n)
+
+    @property
+    def status(self) -> str:
+        worst = max((ORDER[p.status] for p in self.state.values()), default=0)
+        return {0: "ok", 1: "degraded", 2: "fault"}[worst]
+
+    def summary(self) -> dict[str, list]:
+        return {n: [p.status, p.value] for n, p in sorted(self.state.items())}
