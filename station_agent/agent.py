@@ -85,7 +85,7 @@ class Agent:
                 f"health.{name}", status in ("degraded", "fault"), detail))
         self._health_at = -1e9
         self._heartbeat_at = -1e9
-        self._faults_mtime: int | None = None
+        self._faults_seen: bytes | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -230,16 +230,17 @@ class Agent:
             return
         path = self.store.dir / SIM_FAULTS
         try:
-            mtime = path.stat().st_mtime_ns
+            raw = path.read_bytes()  # a few bytes; each write carries a new counter
         except FileNotFoundError:
-            mtime = None
-        if mtime == self._faults_mtime:
+            raw = b""
+        if raw == self._faults_seen:
             return
-        self._faults_mtime = mtime
+        self._faults_seen = raw
         from hardware import Fault
-        names = json.loads(path.read_text()).get("faults", []) if mtime else []
+        state = json.loads(raw) if raw else {}
+        names = state.get("faults", [])
         eq.set_faults({Fault(n) for n in names})
-        for press in (json.loads(path.read_text()).get("press", []) if mtime else []):
+        for press in state.get("press", []):
             eq.press(press, True)
             eq.press(press, False)
         log.warning("simulated faults now: %s", sorted(names) or "none")

@@ -65,8 +65,14 @@ def _sim_file(args) -> tuple[Path, dict]:
 
 
 def _write(path: Path, state: dict) -> None:
+    """Each write carries a new counter, so the same press twice is two presses."""
     import json
     import os
+    try:
+        n = json.loads(path.read_text()).get("n", 0) + 1
+    except (OSError, ValueError):
+        n = 1
+    state = {**state, "n": n}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(state))
