@@ -38,7 +38,8 @@ STATE_TTL = timedelta(days=30)
 REPORT_TTL = timedelta(days=30)
 FETCH_WINDOW = 256 * 1024   # bytes asked for at a time: a re-request repeats at most this
 TRUST_SAVE_EVERY_S = 60.0
-TIME_ASK_EVERY_S = 10.0
+TIME_ASK_EVERY_S = 10.0     # while the clock is not trusted
+TIME_CHECK_EVERY_S = 60.0   # while it is
 SIM_FAULTS = "sim-faults.json"   # `loaxa agent fault` writes it; simulated boards only
 _CONNECTED = Inbound("$local/connected", b"", False)
 
@@ -80,12 +81,14 @@ class Agent:
         self._trust_saved = -1e9
         self._time_asked = -1e9
         self._time_nonce: str | None = None
+        self.link_rtt_ms: int | None = None
         self.health = probes.HealthModel(
             debounce=2, on_change=lambda name, status, detail: self.alarm(
                 f"health.{name}", status in ("degraded", "fault"), detail))
         self._health_at = -1e9
         self._heartbeat_at = -1e9
         self._faults_seen: bytes | None = None
+        self._presses_seen: dict[str, int] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -122,8 +125,9 @@ class Agent:
         elif self.trust.trusted and mono - self._trust_saved >= TRUST_SAVE_EVERY_S:
             self.store.put("clock.last_trusted", iso(now))
             self._trust_saved = mono
-        elif not self.trust.trusted and mono - self._time_asked >= TIME_ASK_EVERY_S:
-            self._ask_time()
+        if mono - self._time_asked >= (TIME_ASK_EVERY_S if not self.trust.trusted
+                                       else TIME_CHECK_EVERY_S):
+            self._ask_time()  # clock check against the hub, and the link's round trip
         for _ in range(200):
             try:
                 msg = self.link.inbox.get_nowait()
@@ -154,7 +158,7 @@ class Agent:
                  probes.Probe("clock", "ok" if self.trust.trusted else "fault",
                               self.trust.trusted, "" if self.trust.trusted else self.trust.detail),
                  probes.Probe("link", "ok" if self.link.connected.is_set() else "degraded",
-                              self.link.connected.is_set(),
+                              self.link_rtt_ms if self.link.connected.is_set() else None,
                               "" if self.link.connected.is_set() else "no broker connection"),
                  probes.Probe("audio_device", "fault" if self.store.get("alarm.audio_device")
                               is not None else "ok", None,
@@ -182,6 +186,8 @@ class Agent:
             return {}
 
     def _heartbeat(self) -> None:
+        period = self._heightened()  # a heightened period's self-test time applies while it lasts
+        self.runner.selftest_at = _hhmm(period.get("selftest_at")) or _hhmm(self.cfg.selftest_at)
         mono = self.clock.monotonic()
         if not self.link.connected.is_set() or \
                 mono - self._heartbeat_at < self.heartbeat_interval():
@@ -240,9 +246,11 @@ class Agent:
         state = json.loads(raw) if raw else {}
         names = state.get("faults", [])
         eq.set_faults({Fault(n) for n in names})
-        for press in state.get("press", []):
-            eq.press(press, True)
-            eq.press(press, False)
+        for button, count in (state.get("presses") or {}).items():  # cumulative counts
+            for _ in range(int(count) - self._presses_seen.get(button, 0)):
+                eq.press(button, True)
+                eq.press(button, False)
+            self._presses_seen[button] = int(count)
         log.warning("simulated faults now: %s", sorted(names) or "none")
 
     # -- alarms and clock ------------------------------------------------------------------
@@ -372,6 +380,7 @@ class Agent:
                     if env.body.get("nonce") != self._time_nonce:
                         raise Refused(Reason.REPLAYED, "time reply to no question of ours")
                     self._time_nonce = None
+                    self.link_rtt_ms = round((self.clock.monotonic() - self._time_asked) * 1000)
                     change = self.trust.observe_hub(env.iat, self.clock.now())
                     if change:
                         self._clock_changed(change)
@@ -490,6 +499,14 @@ class Agent:
             tmp.write_text(json.dumps({**st, "pid": os.getpid(), "at": iso(self.clock.now())}))
             os.replace(tmp, self._status_path)
             self._last_status = st
+
+
+def _hhmm(text: str | None):
+    from datetime import time as dtime
+    try:
+        return dtime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
 
 
 def _sha256_file(path: Path) -> str:

@@ -65,14 +65,17 @@ def _sim_file(args) -> tuple[Path, dict]:
 
 
 def _write(path: Path, state: dict) -> None:
-    """Each write carries a new counter, so the same press twice is two presses."""
+    """The faults in force and, per button, how many presses so far (a count, so presses
+    written faster than the station reads are none of them lost)."""
     import json
     import os
     try:
-        n = json.loads(path.read_text()).get("n", 0) + 1
+        presses = dict(json.loads(path.read_text()).get("presses") or {})
     except (OSError, ValueError):
-        n = 1
-    state = {**state, "n": n}
+        presses = {}
+    for button in state.pop("press", []):
+        presses[button] = presses.get(button, 0) + 1
+    state = {**state, "presses": presses}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(state))

@@ -92,7 +92,8 @@ def test_buttons_stop_emergency_and_live_mic(fleet):
     assert rec["item_id"] == "local" and rec["outcome"] == "played"
     assert rec["content_sha"] == urgent["sha"]
     write_faults(data, [], press=["live_mic"])
-    wait_for(lambda: fleet.status(SID).get("relay"), 10, "the amplifier held on for the mic")
+    wait_for(lambda: len(fleet.hub_events(SID, "live_mic")) == 1, 20, "live-mic on")
+    wait_for(lambda: fleet.status(SID).get("relay"), 5, "the amplifier held on for the mic")
     write_faults(data, [], press=["live_mic"])
     wait_for(lambda: len(fleet.hub_events(SID, "live_mic")) == 2, 20, "live-mic on and off")
     assert [e["data"]["on"] for e in fleet.hub_events(SID, "live_mic")] == [True, False]
