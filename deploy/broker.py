@@ -44,17 +44,20 @@ class EmbeddedBroker:
 
     def start(self, timeout: float = 20.0) -> "EmbeddedBroker":
         import sys
-        logf = open(self.log, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "deploy.embedded_broker",
-                                      str(self.port)], stdout=logf, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
-        logf.close()
+        self.proc = _spawn([sys.executable, "-m", "deploy.embedded_broker", str(self.port)],
+                           self.log)
         _wait_listening(self.proc, self.port, timeout, self.log, "amqtt")
         return self
 
     def stop(self, *, kill: bool = False) -> None:
         _stop(self.proc, kill)
         self.proc = None
+
+
+def _spawn(cmd: list[str], log: Path) -> subprocess.Popen:
+    with open(log, "ab") as logf:
+        return subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
 
 
 def _wait_listening(proc: subprocess.Popen, port: int, timeout: float, log: Path,
@@ -118,10 +121,7 @@ class Mosquitto:
 
     def start(self, timeout: float = 10.0) -> "Mosquitto":
         self._write_conf()
-        logf = open(self.log, "ab")
-        self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=logf,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        logf.close()
+        self.proc = _spawn([self.exe, "-c", str(self.conf)], self.log)
         _wait_listening(self.proc, self.port, timeout, self.log, "mosquitto")
         return self
 

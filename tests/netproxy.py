@@ -47,11 +47,7 @@ class LinkProxy:
         with self._lock:
             conns, self._conns = self._conns, []
         for c in conns:
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            c.close()
+            _close(c)
 
     def _accept(self) -> None:
         while not self._stop.is_set():
@@ -104,8 +100,12 @@ class LinkProxy:
                     break
                 self.bytes[way] += len(data)
         for s in pair:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
+            _close(s)
+
+
+def _close(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()

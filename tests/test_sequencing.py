@@ -116,7 +116,3 @@ def test_self_test_reports_the_failing_step(rig):
     assert rec["outcome"] == "failed" and rec["step"] == "power_good"
     assert not board.amp_relay_on
 
-
-def test_heightened_period_moves_the_self_test(tmp_path):
-    from station_agent.agent import _hhmm
-    assert str(_hhmm("05:00")) == "05:00:00" and _hhmm("") is None and _hhmm("25:99") is None

@@ -63,6 +63,11 @@ def test_heartbeats_heightened_period_and_silence(fleet):
     from hub.cli import status_rows
     [row] = status_rows(fleet.store, fleet.clock.now())
     assert row["health"] == "ok"
+    # the period's morning self-test (05:00; the station's own is off here) has run by 08:00
+    wait_for(lambda: [r for r in fleet.playbacks(SID) if r["item_id"] == "selftest"], 20,
+             "the heightened period's self-test")
+    [st] = [r for r in fleet.playbacks(SID) if r["item_id"] == "selftest"]
+    assert st["outcome"] == "passed" and st["occurrence"] == "selftest@20300302"
     # the station falls silent without its socket closing: three missed heartbeats
     os.kill(fleet.procs[SID].pid, signal.SIGSTOP)
     try:
