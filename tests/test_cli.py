@@ -95,3 +95,53 @@ def test_console_script_runs():
     proc = subprocess.run([sys.executable, "-m", "deploy.cli", "--help"], capture_output=True,
                           text=True)
     assert proc.returncode == 0 and "hub" in proc.stdout and "demo" in proc.stdout
+
+
+def test_agent_fault_and_press_commands(home, capsys):
+    assert run("hub", "--home", home, "station", "add", "xa-2", "--name", "Đài xã Hai") == 0
+    cfg = home / "stations" / "xa-2" / "station.toml"
+    assert run("agent", "fault", "--config", cfg, "inject", "amp_dead") == 0
+    assert run("agent", "fault", "--config", cfg, "inject", "mains_lost") == 0
+    assert run("agent", "fault", "--config", cfg, "clear", "amp_dead") == 0
+    assert run("agent", "press", "--config", cfg, "stop") == 0
+    assert run("agent", "press", "--config", cfg, "stop") == 0
+    capsys.readouterr()
+    assert run("agent", "fault", "--config", cfg, "list") == 0
+    assert "faults: mains_lost" in capsys.readouterr().out
+    state = json.loads((home / "stations" / "xa-2" / "data" / "sim-faults.json").read_text())
+    assert state["faults"] == ["mains_lost"] and state["presses"] == {"stop": 2}
+    assert run("agent", "fault", "--config", cfg, "inject", "on_fire") == 2
+    assert "unknown fault" in capsys.readouterr().err
+    text = cfg.read_text().replace('backend = "simulated"', 'backend = "lgpio"')
+    cfg.write_text(text)
+    assert run("agent", "fault", "--config", cfg, "inject", "amp_dead") == 2
+    assert "only into the simulated board" in capsys.readouterr().err
+
+
+def test_alarm_ack_and_heightened_commands(home, capsys):
+    from hub.store import HubStore
+    assert run("hub", "--home", home, "station", "add", "xa-3", "--name", "Đài xã Ba",
+               "--group", "bien") == 0
+    s = HubStore(home / "hub.db")
+    s.store_events("xa-3", [{"seq": 1, "kind": "alarm", "at": "2030-01-01T01:00:00.000Z",
+                             "data": {"code": "health.mains", "active": True,
+                                      "detail": "mains lost"}}], __import__("datetime")
+                   .datetime(2030, 1, 1, 1, 1, tzinfo=__import__("datetime").timezone.utc))
+    [alarm] = s.open_alarms()
+    s.close()
+    capsys.readouterr()
+    assert run("hub", "--home", home, "alarm", "list") == 0
+    out = capsys.readouterr().out
+    assert f"#{alarm['id']}  xa-3  mất điện lưới  từ 01/01/2030 08:00:00" in out
+    assert run("hub", "--home", home, "alarm", "ack", alarm["id"], "--by", "Trực ban Lan",
+               "--note", "Đã gọi điện lực") == 0
+    assert run("hub", "--home", home, "alarm", "ack", alarm["id"], "--by", "x", "--note",
+               "y") == 2
+    capsys.readouterr()
+    assert run("hub", "--home", home, "alarm", "list") == 0
+    assert "đã xác nhận bởi Trực ban Lan: Đã gọi điện lực" in capsys.readouterr().out
+    assert run("hub", "--home", home, "heightened", "--to", "group:bien", "--from",
+               "20/05/2030 00:00", "--until", "24/05/2030 00:00", "--reason", "Bầu cử") == 0
+    assert "nhịp tim 15 s" in capsys.readouterr().out
+    assert run("hub", "--home", home, "heightened", "--to", "group:bien", "--from",
+               "24/05/2030 00:00", "--until", "20/05/2030 00:00", "--reason", "x") == 2
