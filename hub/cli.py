@@ -199,7 +199,7 @@ def status_rows(store: HubStore, now=None) -> list[dict]:
                      "missing": [m for m in (s.get("missing") or "").split(",") if m],
                      "clock_trusted": s.get("clock_trusted") != 0,
                      "health": _health(s, now),
-                     "outbox": s.get("outbox") or 0, "restarts": s.get("restarts") or 0,
+                     "outbox": s.get("outbox") or 0, "starts": s.get("restarts") or 0,
                      "started_at": s.get("started_at"),
                      "alarms": [{"code": a["code"], "detail": a["detail"],
                                  "since": a["raised_at"]} for a in store.open_alarms(st["id"])],
@@ -209,7 +209,7 @@ def status_rows(store: HubStore, now=None) -> list[dict]:
 
 def render_status(rows: list[dict]) -> str:
     head = ["Trạm", "Tên", "Kết nối", "Từ lúc", "Sức khỏe", "Bản phát (hub/trạm)",
-            "Thiếu âm thanh", "Đồng hồ", "Chờ gửi", "Khởi động lại", "Lần phát gần nhất"]
+            "Thiếu âm thanh", "Đồng hồ", "Chờ gửi", "Số lần khởi động", "Lần phát gần nhất"]
     table = [head]
     for r in rows:
         lp = r["last_play"]
@@ -218,7 +218,7 @@ def render_status(rows: list[dict]) -> str:
             HEALTH_VI.get(r["health"] or "", "—"),
             f"{r['desired']}/{r['active']}", str(len(r["missing"])),
             "đúng" if r["clock_trusted"] else "SAI", str(r["outbox"]),
-            f"{r['restarts']} (lần cuối {show(r['started_at'])})" if r["started_at"] else "—",
+            f"{r['starts']} (gần nhất {show(r['started_at'])})" if r["started_at"] else "—",
             f"{outcome_vi(lp['outcome'])} {show(lp['started_at'] or lp['scheduled_at'])}"
             if lp else "—",
         ])

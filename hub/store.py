@@ -53,6 +53,7 @@ def m001_initial(db) -> None:
 def m002_live_state_and_alarms(db) -> None:
     db["events"].add_column("historical", int, not_null_default=0)
     db["playbacks"].add_column("historical", int, not_null_default=0)
+    # "restarts" counts every start of the agent (agent.started events), the first included
     for col, typ in (("alarms", str), ("clock_trusted", int), ("outbox", int),
                      ("started_at", str), ("restarts", int), ("offline_count", int)):
         db["station_state"].add_column(col, typ)
