@@ -493,7 +493,9 @@ class Agent:
               "audio_missing": len(self.store.missing_audio(wanted)),
               "outbox": self.store.outbox_size(), "clock_trusted": self.trust.trusted,
               "alarms": self.alarms(), "counters": self.store.counters(),
-              "health": self.health.status, **self.runner.status()}
+              "health": self.health.status,
+              "leds": {n: self.board.led_state(n) for n in ("link", "health", "on_air")},
+              **self.runner.status()}
         if st != self._last_status:
             tmp = self._status_path.with_suffix(".tmp")
             tmp.write_text(json.dumps({**st, "pid": os.getpid(), "at": iso(self.clock.now())}))

@@ -37,3 +37,18 @@ def test_probes_read_the_board_as_the_faults_make_it():
         assert [p.status for p in power(b)] == ["degraded", "fault"]
     finally:
         b.close()
+
+
+def test_system_probes_read_their_sources(tmp_path):
+    from station_agent.health import cpu_temperature, disk, memory
+    t = tmp_path / "temp"
+    for milli, status in ((48000, "ok"), (77500, "degraded"), (86000, "fault")):
+        t.write_text(f"{milli}\n")
+        assert cpu_temperature(t).status == status
+    assert cpu_temperature(tmp_path / "none").status == "unknown"
+    m = tmp_path / "meminfo"
+    m.write_text("MemTotal: 1000000 kB\nMemFree: 1000 kB\nMemAvailable: 80000 kB\n")
+    assert memory(m).status == "degraded" and memory(m).value == 8
+    m.write_text("MemTotal: 1000000 kB\nMemAvailable: 500000 kB\n")
+    assert memory(m).status == "ok"
+    assert disk(tmp_path).status in ("ok", "degraded", "fault") and 0 <= disk(tmp_path).value <= 100

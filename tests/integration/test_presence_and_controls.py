@@ -87,6 +87,8 @@ def test_buttons_stop_emergency_and_live_mic(fleet):
     data = fleet.station_dir(SID) / "data"
     fleet.pass_time(T)
     wait_for(lambda: fleet.status(SID).get("on_air"), 20, "on air")
+    wait_for(lambda: fleet.status(SID)["leds"]["on_air"] is True, 5, "the on-air LED")
+    assert fleet.status(SID)["leds"]["link"] is True  # connected: steady
     write_faults(data, [], press=["stop"])
     wait_for(lambda: fleet.playbacks(SID), 20, "the stopped record")
     [rec] = fleet.playbacks(SID)
