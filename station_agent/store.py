@@ -39,6 +39,7 @@ class StationStore:
         self.db = open_db(self.dir / "station.db")
         migrations.apply(self.db)
         self._lock = threading.RLock()
+        self._parsed: dict[str, tuple[int, dict]] = {}
 
     def close(self) -> None:
         self.db.close()
@@ -115,14 +116,24 @@ class StationStore:
             self._event("bundle.received", {"version": version}, at)
 
     def pending_bundle(self) -> tuple[int, dict] | None:
-        row = self.db.execute("SELECT version, body FROM bundles WHERE state = 'pending' "
-                              "ORDER BY version DESC LIMIT 1").fetchone()
-        return (row[0], json.loads(row[1])) if row else None
+        return self._bundle("pending")
 
     def active_bundle(self) -> tuple[int, dict] | None:
-        row = self.db.execute("SELECT version, body FROM bundles WHERE state = 'active'"
-                              ).fetchone()
-        return (row[0], json.loads(row[1])) if row else None
+        return self._bundle("active")
+
+    def _bundle(self, state: str) -> tuple[int, dict] | None:
+        """Asked for many times a second: the version is a cheap query, the body is parsed
+        again only when the version changes. Do not modify the returned dict."""
+        row = self.db.execute("SELECT version FROM bundles WHERE state = ? "
+                              "ORDER BY version DESC LIMIT 1", [state]).fetchone()
+        if row is None:
+            return None
+        cached = self._parsed.get(state)
+        if cached is None or cached[0] != row[0]:
+            body = self.db.execute("SELECT body FROM bundles WHERE version = ?",
+                                   [row[0]]).fetchone()[0]
+            cached = self._parsed[state] = (row[0], json.loads(body))
+        return cached
 
     def activate(self, version: int, at: datetime) -> None:
         """Make ``version`` the programme that plays; older bundles are dropped."""
