@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -60,7 +59,7 @@ def _read_status(path: Path) -> dict:
 
 def cmd_demo(args) -> int:
     from hub import config as hubconfig
-    from hub.cli import add_content_text, add_station, announce, init_hub
+    from hub.admin import add_content_text, add_station, announce, init_hub
     from hub.store import HubStore
     from schedules import Priority
 

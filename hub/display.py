@@ -61,3 +61,47 @@ OUTCOMES_VI = {"played": "đã phát", "failed": "lỗi phát", "missed": "bỏ 
 
 def outcome_vi(outcome: str | None) -> str:
     return OUTCOMES_VI.get(outcome or "", outcome or "—")
+
+
+def render_status(rows: list[dict]) -> str:
+    head = ["Trạm", "Tên", "Kết nối", "Từ lúc", "Sức khỏe", "Bản phát (hub/trạm)",
+            "Thiếu âm thanh", "Đồng hồ", "Chờ gửi", "Số lần khởi động", "Lần phát gần nhất"]
+    table = [head]
+    for r in rows:
+        lp = r["last_play"]
+        table.append([
+            r["id"], r["name"], "trực tuyến" if r["online"] else "mất kết nối", show(r["since"]),
+            HEALTH_VI.get(r["health"] or "", "—"),
+            f"{r['desired']}/{r['active']}", str(len(r["missing"])),
+            "đúng" if r["clock_trusted"] else "SAI", str(r["outbox"]),
+            f"{r['starts']} (gần nhất {show(r['started_at'])})" if r["started_at"] else "—",
+            f"{outcome_vi(lp['outcome'])} {show(lp['started_at'] or lp['scheduled_at'])}"
+            if lp else "—",
+        ])
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in table]
+    missing = [(r["id"], r["missing"]) for r in rows if r["missing"]]
+    if missing:
+        lines += ["", "Âm thanh còn thiếu / audio still missing:"]
+        lines += [f"  {sid}  " + ", ".join(m[:12] for m in shas) for sid, shas in missing]
+    alarms = [(r["id"], a) for r in rows for a in r["alarms"]]
+    if alarms:
+        lines += ["", "Cảnh báo đang mở / open alarms:"]
+        lines += [f"  {sid}  {ALARMS_VI.get(a['code'], a['code'])} từ {show(a['since'])}: "
+                  f"{a['detail']}" for sid, a in alarms]
+    return "\n".join(lines)
+
+
+HEALTH_VI = {"ok": "tốt", "degraded": "suy giảm", "fault": "LỖI",
+             "silent": "im lặng (mất nhịp tim)"}
+
+
+ALARMS_VI = {"clock": "đồng hồ sai", "disk_full": "đầy bộ nhớ",
+             "audio_device": "lỗi thiết bị âm thanh", "no_sound": "loa không ra tiếng",
+             "amplifier": "lỗi tăng âm", "relay": "lỗi rơ-le",
+             "health.relays": "rơ-le sai trạng thái", "health.amplifier": "tăng âm bất thường",
+             "health.mains": "mất điện lưới", "health.ups": "ắc quy UPS yếu",
+             "health.disk": "sắp đầy bộ nhớ", "health.memory": "thiếu bộ nhớ",
+             "health.cpu_temp": "CPU quá nóng", "health.link": "mất kết nối",
+             "health.clock": "đồng hồ sai", "health.audio_device": "lỗi thiết bị âm thanh",
+             "health.modem": "sóng 4G yếu", "emergency_message": "chưa có tin khẩn cấp"}

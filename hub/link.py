@@ -109,10 +109,7 @@ class HubLink:
             "hub_state", {"online": True, "time": iso(self.clock.now())}, timedelta(days=30),
             self.link.bdseq), retain=True)
         for st in self.store.stations():
-            latest = self.store.latest_bundle(st["id"])
-            if latest:
-                self.link.publish(self.topics.bundle(st["id"]), latest["raw"].encode("utf-8"),
-                                  retain=True)
+            self._publish_latest(st["id"])
 
     # -- incoming --------------------------------------------------------------------------
     def _ring(self, sid: str) -> KeyRing | None:
@@ -223,9 +220,14 @@ class HubLink:
         (the broker may have lost the retained copy)."""
         latest = self.store.latest_bundle(sid)
         if latest and int(summary.get("held_version") or 0) < latest["version"]:
+            self._publish_latest(sid, latest)
+            self._count("reconciled")
+
+    def _publish_latest(self, sid: str, latest: dict[str, Any] | None = None) -> None:
+        latest = latest or self.store.latest_bundle(sid)
+        if latest:
             self.link.publish(self.topics.bundle(sid), latest["raw"].encode("utf-8"),
                               retain=True)
-            self._count("reconciled")
 
     def _on_report(self, sid: str, body: dict[str, Any]) -> None:
         events = body.get("events")

@@ -48,11 +48,3 @@ def decode(raw: bytes) -> Chunk:
         raise Refused(Reason.BAD_AUDIO, f"chunk at {offset} of {sha.hex()[:12]} is corrupt")
     return Chunk(sha.hex(), offset, total, data)
 
-
-def iter_chunks(sha: str, blob: bytes, start: int = 0, size: int = CHUNK_SIZE,
-                stop: int | None = None):
-    """Chunks covering [start, stop) of ``blob`` (to its end by default)."""
-    total = len(blob)
-    end = total if stop is None else min(stop, total)
-    for off in range(start, max(end, 1), size):
-        yield encode(sha, off, total, blob[off:min(off + size, end) if total else 0])

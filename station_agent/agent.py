@@ -12,8 +12,7 @@ import logging
 import os
 import shutil
 import threading
-import time
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -304,6 +303,7 @@ class Agent:
         wanted = list((pending or active or (0, {}))[1].get("content", {}))
         return {"held_version": held[0] if held else 0,
                 "active_version": active[0] if active else 0,
+                "pending_version": pending[0] if pending else None,
                 "missing": self.store.missing_audio(wanted), "alarms": self.alarms(),
                 "clock": iso(self.clock.now()), "clock_trusted": self.trust.trusted,
                 "outbox": self.store.outbox_size()}
@@ -484,15 +484,10 @@ class Agent:
         if mono - self._last_status_mono < 0.2:
             return
         self._last_status_mono = mono
-        active = self.store.active_bundle()
-        pending = self.store.pending_bundle()
-        wanted = list((pending or active or (0, {}))[1].get("content", {}))
-        st = {"station": self.id, "connected": self.link.connected.is_set(),
-              "active_version": active[0] if active else 0,
-              "pending_version": pending[0] if pending else None,
-              "audio_missing": len(self.store.missing_audio(wanted)),
-              "outbox": self.store.outbox_size(), "clock_trusted": self.trust.trusted,
-              "alarms": self.alarms(), "counters": self.store.counters(),
+        summary = self.summary()
+        summary.pop("clock")  # changes every call; the file says "at"
+        st = {"station": self.id, "connected": self.link.connected.is_set(), **summary,
+              "audio_missing": len(summary["missing"]), "counters": self.store.counters(),
               "health": self.health.status,
               "leds": {n: self.board.led_state(n) for n in ("link", "health", "on_air")},
               **self.runner.status()}

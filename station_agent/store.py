@@ -10,7 +10,7 @@ import os
 import threading
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from protocol.clock import iso
 from protocol.envelope import check_wire
@@ -225,6 +225,3 @@ class StationStore:
     def interrupted_plays(self) -> list[str]:
         return [r[0] for r in self.db.execute(
             "SELECT key FROM plays WHERE outcome = 'started'").fetchall()]
-
-    def plays(self) -> Iterator[dict[str, Any]]:
-        yield from self.db["plays"].rows

@@ -1,7 +1,6 @@
 """Shared fixtures: a real mosquitto per test, real SQLite files, an ALSA file sink."""
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Callable

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from audio.player import file_sink_config
 from hub import config as hubconfig
-from hub.cli import add_content_text, add_station, announce, init_hub
+from hub.admin import add_content_text, add_station, announce, init_hub
 from hub.link import HubLink
 from hub.store import HubStore
 from protocol.clock import FileClock

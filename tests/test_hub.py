@@ -1,14 +1,13 @@
 """The hub's store and planner on a real SQLite file."""
-import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from hub import planner
-from hub.cli import announce, init_hub, add_station
+from hub.admin import announce, init_hub, add_station
 from hub import config as hubconfig
 from hub.store import HubStore, migrations
-from protocol.envelope import KeyRing, Signer, verify
+from protocol.envelope import KeyRing, verify
 from schedules import Priority
 
 NOW = datetime(2030, 1, 1, 1, 0, tzinfo=timezone.utc)

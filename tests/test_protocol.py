@@ -122,9 +122,11 @@ def test_private_key_file_is_owner_only_and_not_in_repr(tmp_path, hub):
 def test_chunks_round_trip_and_corruption():
     blob = bytes(range(256)) * 700
     sha = __import__("hashlib").sha256(blob).hexdigest()
-    parts = [chunks.decode(c) for c in chunks.iter_chunks(sha, blob)]
+    size = chunks.CHUNK_SIZE
+    parts = [chunks.decode(chunks.encode(sha, off, len(blob), blob[off:off + size]))
+             for off in range(0, len(blob), size)]
     assert b"".join(p.data for p in parts) == blob and parts[-1].total == len(blob)
-    raw = bytearray(next(chunks.iter_chunks(sha, blob)))
+    raw = bytearray(chunks.encode(sha, 0, len(blob), blob[:size]))
     raw[-1] ^= 0xFF
     with pytest.raises(Refused) as exc:
         chunks.decode(bytes(raw))

@@ -3,14 +3,13 @@ stalls: the station falls back to the item's fallback content and the record say
 import subprocess
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from audio import AlsaPlayer, prepare
 from audio_check import pcm
-from conftest import wait_for
 from hardware import Wiring, open_board
 from protocol.clock import ManualClock
 from schedules import Item, Priority

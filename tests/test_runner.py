@@ -6,7 +6,6 @@ import pytest
 
 from audio import AlsaPlayer, prepare
 from audio_check import pcm
-from conftest import wait_for
 from hardware import Fault, Wiring, open_board
 from protocol.clock import ManualClock
 from schedules import Item, Priority

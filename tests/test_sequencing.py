@@ -1,11 +1,10 @@
 """Issue 5, acceptance 2: the order and the delays of the sequence, read from the simulated
 pins' history; and the daily silent self-test, which runs the same sequence without audio."""
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import pytest
 
 from audio import AlsaPlayer, prepare
-from conftest import wait_for
 from hardware import Fault, Wiring, open_board
 from protocol.clock import ManualClock
 from schedules import TZ, Item, Priority

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 from conftest import wait_for
 from fleet import Fleet
-from hub.cli import announce
+from hub.admin import announce
 from schedules import TZ, Priority
 
 T = datetime(2030, 3, 2, 8, 0, tzinfo=TZ)

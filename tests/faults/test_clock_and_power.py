@@ -1,5 +1,4 @@
 """Faults 6 and 7: a station's clock set wrong, and a power cut that leaves the socket open."""
-import os
 import signal
 import time
 from datetime import datetime, timedelta, timezone

@@ -26,7 +26,7 @@ def fleet(tmp_path, mosquitto):
 
 
 def daily(fleet, content, when):
-    from hub.cli import announce
+    from hub.admin import announce
     from schedules import Priority
     return announce(fleet.store, content=content, when=when, priority=Priority.THONG_THUONG,
                     target="all", every="daily", now=fleet.clock.now())

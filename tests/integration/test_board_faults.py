@@ -8,7 +8,7 @@ import pytest
 
 from conftest import wait_for
 from fleet import Fleet
-from hub.cli import announce
+from hub.admin import announce
 from schedules import TZ, Priority
 from station_agent.cli import write_faults
 

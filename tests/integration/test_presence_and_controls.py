@@ -60,7 +60,7 @@ def test_heartbeats_heightened_period_and_silence(fleet):
     fleet.wait_active(1)
     wait_for(lambda: (fleet.store.state(SID) or {}).get("heartbeat_s") == 5, 20,
              "heartbeats every 5 s in the heightened period")
-    from hub.cli import status_rows
+    from hub.admin import status_rows
     [row] = status_rows(fleet.store, fleet.clock.now())
     assert row["health"] == "ok"
     # the period's morning self-test (05:00; the station's own is off here) has run by 08:00

@@ -1,0 +1,199 @@
+"""The hub's library of administrative actions: create a hub, enrol stations, add content,
+schedule, report status. The CLI (`hub/cli.py`), the demo and the tests call these."""
+from __future__ import annotations
+
+import json
+import tempfile
+import uuid
+from pathlib import Path
+
+from audio import AudioError, prepare, synthesize
+from protocol.clock import iso, make_clock, parse_iso
+from protocol.envelope import Signer, public_to_text
+from protocol.topics import BadIdentifier, check_id
+from schedules import Item, Priority
+from schedules.model import ScheduleError
+
+from . import config as hubconfig
+from .config import HubError
+from .store import HubStore
+
+
+# the reference station of docs/hardware.md
+REFERENCE_WIRING = [
+    'amp_relay = "GPIO17"', 'amp_power_good = "GPIO27"', 'amp_fault = "GPIO5"',
+    'amp_feedback = "GPIO6"', 'zone_relays = ["GPIO23", "GPIO24"]',
+    'zone_feedback = ["GPIO13", "GPIO19"]', 'mains_ok = "GPIO12"', 'ups_battery_low = "GPIO16"',
+    'audio_sense = "GPIO22"', 'button_stop = "GPIO20"', 'button_emergency = "GPIO21"',
+    'button_live_mic = "GPIO26"', 'led_link = "GPIO18"', 'led_health = "GPIO25"',
+    'led_on_air = "GPIO8"', "amp_hold_ms = 2000",
+]
+
+
+EVERY = {"hourly": "FREQ=HOURLY", "daily": "FREQ=DAILY", "weekly": "FREQ=WEEKLY",
+         "weekdays": "FREQ=WEEKLY;BYDAY=MO,TU,WE,TH,FR"}
+
+
+def init_hub(home: Path, *, broker_host: str, broker_port: int, prefix: str = "loaxa",
+             protocol: str = "5", quiet: str | None = None, clock: str = "system") -> Signer:
+    home.mkdir(parents=True, exist_ok=True)
+    if (home / "hub.toml").exists() or (home / "hub.key").exists():
+        raise HubError(f"{home} already holds a hub; choose another --home")
+    if quiet:
+        hubconfig.parse_quiet(quiet)
+    hubconfig.write_config(home, broker_host=broker_host, broker_port=broker_port,
+                           prefix=prefix, protocol=protocol, quiet=quiet, clock=clock)
+    signer = Signer.generate("hub")
+    signer.save(home / "hub.key")
+    HubStore(home / "hub.db").close()
+    return signer
+
+
+def add_station(cfg: hubconfig.HubConfig, sid: str, *, name: str, groups: list[str],
+                out: Path, audio_device: str = "default", alsa_config: str | None = None,
+                clock: str = "system") -> Path:
+    """Register a station and write its enrolment folder: station.toml and station.key."""
+    try:
+        check_id(sid, "station")
+        for g in groups:
+            check_id(g, "group")
+    except BadIdentifier as exc:
+        raise HubError(str(exc)) from None
+    hub = Signer.load(cfg.key_path, cfg.hub_id)
+    station = Signer.generate(f"station:{sid}")
+    store = HubStore(cfg.db_path)
+    try:
+        try:
+            store.add_station(sid, name, public_to_text(station.public), groups,
+                              make_clock(cfg.clock).now())
+        except ValueError as exc:
+            raise HubError(str(exc)) from None
+    finally:
+        store.close()
+    out.mkdir(parents=True, exist_ok=True)
+    station.save(out / "station.key")
+    b = cfg.broker
+    text = "\n".join([
+        "[station]", f"id = {json.dumps(sid)}", f"name = {json.dumps(name, ensure_ascii=False)}",
+        f"groups = {json.dumps(groups)}", 'data_dir = "data"', f"clock = {json.dumps(clock)}", "",
+        "[broker]", f"host = {json.dumps(b.host)}", f"port = {b.port}",
+        f'protocol = "{b.protocol}"', f"prefix = {json.dumps(cfg.prefix)}", "",
+        "[keys]", f'hub_public = "{public_to_text(hub.public)}"',
+        f"hub_sender = {json.dumps(cfg.hub_id)}", 'station_key = "station.key"', "",
+        "[audio]", f"device = {json.dumps(audio_device)}", "warmup_ms = 500",
+        *([f"alsa_config = {json.dumps(alsa_config)}"] if alsa_config else []), "",
+        "[hardware]", 'backend = "simulated"', *REFERENCE_WIRING, "",
+    ])
+    (out / "station.toml").write_text(text, encoding="utf-8")
+    return out / "station.toml"
+
+
+def add_content_file(store: HubStore, path: Path, *, title: str, now, text: str = "",
+                     engine: str = "upload") -> dict:
+    try:
+        p = prepare(path)
+    except AudioError as exc:
+        raise HubError(str(exc)) from None
+    store.add_content(sha=p.sha256, data=p.data, title=title, source=path.name, text=text,
+                      engine=engine, codec=p.codec, duration_ms=p.duration_ms, now=now)
+    return store.content(p.sha256)
+
+
+def add_content_text(store: HubStore, text: str, *, title: str, now, engine: str = "auto",
+                     timeout: float = 10.0) -> dict:
+    try:
+        speech = synthesize(text, engine=engine, timeout=timeout,
+                            cache_dir=store.path.parent / "tts-cache")
+    except AudioError as exc:
+        raise HubError(str(exc)) from None
+    with tempfile.NamedTemporaryFile(suffix=f".{speech.fmt}") as f:
+        f.write(speech.data)
+        f.flush()
+        return add_content_file(store, Path(f.name), title=title, now=now, text=speech.text,
+                                engine=speech.engine)
+
+
+def find_content(store: HubStore, ref: str) -> dict:
+    rows = store.q("SELECT * FROM content WHERE sha LIKE ?", [ref.lower() + "%"])
+    if len(rows) != 1:
+        raise HubError(f"nội dung {ref!r}: {'không có' if not rows else 'không rõ'} / "
+                       f"content {ref!r}: {'not found' if not rows else 'ambiguous'}")
+    return rows[0]
+
+
+def check_target(store: HubStore, to: str) -> str:
+    if to == "all":
+        return to
+    kind, _, name = to.partition(":")
+    if not name:
+        kind, name = "station", to
+    if kind == "station" and store.station(name):
+        return f"station:{name}"
+    if kind == "group" and store.group_exists(name):
+        return f"group:{name}"
+    raise HubError(f"đích {to!r} không tồn tại / unknown target: use all, group:ID or station:ID")
+
+
+def announce(store: HubStore, *, content: dict, when, priority: Priority, target: str,
+             every: str | None, valid_from=None, valid_until=None, late_start_s: int = 300,
+             title: str = "", now, stream: str | None = None,
+             duration_ms: int | None = None) -> str:
+    """Schedule ``content``; with ``stream``, relay that URL for ``duration_ms`` and play
+    ``content`` if the stream fails."""
+    rrule = EVERY.get(every, every) if every else None
+    item_id = uuid.uuid4().hex[:12]
+    if stream and not duration_ms:
+        raise HubError("tiếp âm cần thời lượng / a relay needs a duration (--for 30m)")
+    try:  # validate with the same code the station runs
+        Item(item_id, content["sha"], duration_ms if stream else content["duration_ms"],
+             priority, when, rrule=rrule, valid_from=valid_from, valid_until=valid_until,
+             late_start_s=late_start_s, stream=stream)
+    except ScheduleError as exc:
+        raise HubError(str(exc)) from None
+    store.add_item({"id": item_id, "content_sha": content["sha"], "title": title or content["title"],
+                    "priority": int(priority), "start": iso(when), "rrule": rrule,
+                    "valid_from": iso(valid_from) if valid_from else None,
+                    "valid_until": iso(valid_until) if valid_until else None,
+                    "late_start_s": late_start_s, "target": target, "created_at": iso(now),
+                    "cancelled_at": None, "stream": stream,
+                    "duration_ms": duration_ms if stream else None})
+    return item_id
+
+
+def parse_duration(text: str) -> int:
+    """``90s``, ``15m``, ``2h`` -> milliseconds."""
+    m = __import__("re").fullmatch(r"\s*(\d+)\s*([smh])\s*", text or "")
+    if not m:
+        raise HubError(f"thời lượng {text!r} / duration: use 90s, 15m or 2h")
+    return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[m.group(2)] * 1000
+
+
+def _health(s: dict, now) -> str | None:
+    """The station's last reported health, or 'silent' if its heartbeat is more than three
+    intervals late (tighter in a heightened period, when heartbeats are faster)."""
+    if not s.get("online") or not s.get("last_heartbeat"):
+        return s.get("health")
+    late = (now - parse_iso(s["last_heartbeat"])).total_seconds()
+    return "silent" if late > 3 * (s.get("heartbeat_s") or 60) else s.get("health")
+
+
+def status_rows(store: HubStore, now=None) -> list[dict]:
+    now = now or make_clock(None).now()
+    rows = []
+    for st in store.stations():
+        s = store.state(st["id"]) or {}
+        latest = store.latest_bundle(st["id"])
+        last = store.q("SELECT * FROM playbacks WHERE station_id = ? ORDER BY seq DESC LIMIT 1",
+                       [st["id"]])
+        rows.append({"id": st["id"], "name": st["name"], "online": bool(s.get("online")),
+                     "since": s.get("since"), "desired": latest["version"] if latest else 0,
+                     "active": s.get("active_version") or 0,
+                     "missing": [m for m in (s.get("missing") or "").split(",") if m],
+                     "clock_trusted": s.get("clock_trusted") != 0,
+                     "health": _health(s, now),
+                     "outbox": s.get("outbox") or 0, "starts": s.get("restarts") or 0,
+                     "started_at": s.get("started_at"),
+                     "alarms": [{"code": a["code"], "detail": a["detail"],
+                                 "since": a["raised_at"]} for a in store.open_alarms(st["id"])],
+                     "last_seen": s.get("last_seen"), "last_play": last[0] if last else None})
+    return rows
