@@ -4,8 +4,8 @@ Only this package runs ffmpeg, ffprobe, espeak-ng or gTTS.
 """
 from .errors import AudioError
 from .prepare import Prepared, prepare, probe
-from .player import AlsaPlayer, Playback
+from .player import AlsaPlayer, Playback, check_device
 from .tts import Speech, synthesize
 
-__all__ = ["AlsaPlayer", "AudioError", "Playback", "Prepared", "Speech", "prepare", "probe",
+__all__ = ["AlsaPlayer", "AudioError", "Playback", "check_device", "Prepared", "Speech", "prepare", "probe",
            "synthesize"]

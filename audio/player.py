@@ -75,7 +75,7 @@ class Player(Protocol):
 
 class AlsaPlayer:
     def __init__(self, device: str = "default", *, alsa_config: str | None = None,
-                 volume: float = 1.0) -> None:
+                 volume: float = 1.0, stream_ca: str | None = None) -> None:
         if not device:
             raise AudioError("an ALSA device must be named")
         if not 0.0 <= volume <= 2.0:
@@ -83,6 +83,7 @@ class AlsaPlayer:
         self.device = device
         self.alsa_config = alsa_config
         self.volume = volume
+        self.stream_ca = stream_ca  # CA file for relay streams; else the system's trust store
 
     def start(self, path: str | os.PathLike[str]) -> Playback:
         env = dict(os.environ)
@@ -96,13 +97,18 @@ class AlsaPlayer:
 
     def start_stream(self, url: str, duration_s: float, *, stall_s: float = 5.0) -> Playback:
         """Relay a live stream (VOV, the provincial station) for ``duration_s``. If no data
-        arrives for ``stall_s`` the relay ends with an error, so the caller can fall back."""
+        arrives for ``stall_s`` the relay ends with an error, so the caller can fall back.
+        Only ``https://`` is relayed, and the server's certificate is verified (ffmpeg does
+        not verify by default): the signed bundle names the URL, TLS vouches for the bytes."""
+        if not url.startswith("https://"):
+            raise AudioError(f"relay {url!r}: only https:// streams are played")
         env = dict(os.environ)
         if self.alsa_config:
             env["ALSA_CONFIG_PATH"] = f"{SYSTEM_ALSA_CONF}:{self.alsa_config}"
         vol = [] if self.volume == 1.0 else ["-af", f"volume={self.volume:.3f}"]
+        tls = ["-tls_verify", "1", *(["-ca_file", self.stream_ca] if self.stream_ca else [])]
         cmd = [tool("ffmpeg"), "-nostdin", "-hide_banner", "-loglevel", "error",
-               "-rw_timeout", str(int(stall_s * 1e6)), "-re", "-i", url, "-t", f"{duration_s:.3f}",
+               "-rw_timeout", str(int(stall_s * 1e6)), *tls, "-re", "-i", url, "-t", f"{duration_s:.3f}",
                *vol, "-ac", "1", "-ar", "48000", "-f", "alsa", self.device]
         return self._spawn(cmd, env)
 
@@ -111,6 +117,25 @@ class AlsaPlayer:
         proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         return Playback(proc)
+
+
+def check_device(device: str, *, alsa_config: str | None = None) -> None:
+    """Open the ALSA device as playback does and write 20 ms of silence to it; an AudioError
+    naming the device if it cannot be opened (`loaxa agent check`)."""
+    env = dict(os.environ)
+    if alsa_config:
+        env["ALSA_CONFIG_PATH"] = f"{SYSTEM_ALSA_CONF}:{alsa_config}"
+    proc = subprocess.run([tool("ffmpeg"), "-nostdin", "-hide_banner", "-loglevel", "error",
+                           "-f", "lavfi", "-i", "anullsrc=r=48000:cl=mono", "-t", "0.02",
+                           "-f", "alsa", device], env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, timeout=20)
+    if proc.returncode != 0:
+        err = " | ".join(ln for ln in proc.stderr.decode("utf-8", "replace").splitlines()
+                         if ln.strip())[-300:]
+        raise AudioError(f"thiết bị âm thanh ALSA {device!r} không mở được / cannot open ALSA "
+                         f"device {device!r}: {err or 'ffmpeg exited ' + str(proc.returncode)}"
+                         f" (list devices with `aplay -L`; name the card, e.g. "
+                         f"plughw:CARD=Headphones)")
 
 
 def file_sink_config(sink_path: str | os.PathLike[str], name: str = "loaxa_sink") -> str:

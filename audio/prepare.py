@@ -8,13 +8,15 @@ import hashlib
 import json
 import os
 import re
-import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-from ._run import run
+from ._run import ffmpeg_pass, run
 from .errors import AudioError
+
+Progress = Callable[[str, float], None]  # (phase, fraction done) for long preparations
 
 TARGET_LUFS = -16.0
 TRUE_PEAK_DB = -1.0          # the limit: prepared audio never peaks above it
@@ -79,36 +81,38 @@ _PEAK = re.compile(r"^\s+Peak:\s+(-?[\d.]+|-inf) dBFS", re.M)
 
 
 def _ebur128(name: str, pre: str = "", *, true_peak: bool = False,
-             clipping: bool = False) -> Loudness:
+             clipping: bool = False, label: str | None = None, duration_ms: int = 0,
+             progress: Callable[[float], None] | None = None) -> Loudness:
     """One ffmpeg pass: EBU R128 integrated loudness (and true peak, and clipping)."""
+    label = label or name
     chain = [f for f in (pre,) if f]
     if clipping:
         chain.append("astats=measure_perchannel=none:measure_overall="
                      "Peak_level+Peak_count+Number_of_samples")
     chain.append("ebur128" + ("=peak=true" if true_peak else ""))
-    proc = subprocess.run(["ffmpeg", "-nostdin", "-hide_banner", "-i", name, "-vn", "-map",
-                           "0:a:0", "-af", ",".join(chain), "-f", "null", "-"],
-                          capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0:
-        last = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()][-1:]
-        raise AudioError(f"{name}: cannot be decoded ({' '.join(last)})")
-    found = _I.findall(proc.stderr)
+    rc, stderr = ffmpeg_pass(["-i", name, "-vn", "-map", "0:a:0", "-af", ",".join(chain),
+                              "-f", "null", "-"], duration_ms=duration_ms, progress=progress,
+                             timeout=3600)
+    if rc != 0:
+        last = [ln for ln in stderr.strip().splitlines() if ln.strip()][-1:]
+        raise AudioError(f"{label}: không giải mã được / cannot be decoded ({' '.join(last)})")
+    found = _I.findall(stderr)
     if not found:
-        raise AudioError(f"{name}: loudness could not be measured")
+        raise AudioError(f"{label}: không đo được độ lớn / loudness could not be measured")
     integrated = float(found[-1]) if found[-1] != "-inf" else -200.0
     tp = None
     if true_peak:
-        peaks = _PEAK.findall(proc.stderr)
+        peaks = _PEAK.findall(stderr)
         tp = float(peaks[-1]) if peaks and peaks[-1] != "-inf" else -200.0
     at_full = 0.0
     if clipping:
-        peak = re.search(r"Peak level dB:\s*(-?[\d.]+|-inf)", proc.stderr)
-        count = re.search(r"Peak count:\s*([\d.]+)", proc.stderr)
-        n = re.search(r"Number of samples:\s*([\d.]+)", proc.stderr)
+        peak = re.search(r"Peak level dB:\s*(-?[\d.]+|-inf)", stderr)
+        count = re.search(r"Peak count:\s*([\d.]+)", stderr)
+        n = re.search(r"Number of samples:\s*([\d.]+)", stderr)
         if peak and count and n and peak.group(1) != "-inf" and float(peak.group(1)) > -0.01:
             at_full = float(count.group(1)) / max(float(n.group(1)), 1.0)
-    dur = re.search(r"Duration: (\d+):(\d+):([\d.]+)", proc.stderr)
-    rate = re.search(r"Audio: [^,]+, (\d+) Hz", proc.stderr)
+    dur = re.search(r"Duration: (\d+):(\d+):([\d.]+)", stderr)
+    rate = re.search(r"Audio: [^,]+, (\d+) Hz", stderr)
     duration_ms = int(round((int(dur.group(1)) * 3600 + int(dur.group(2)) * 60
                              + float(dur.group(3))) * 1000)) if dur else 0
     return Loudness(integrated, tp, at_full, duration_ms, int(rate.group(1)) if rate else 0)
@@ -129,21 +133,26 @@ def _chain(gain_db: float, ceiling_db: float) -> str:
 ENCODER_LOSS_LU = 0.3  # Opus at speech bit rates reads ~0.3 LU quieter than its input
 
 
-def _solve_gain(name: str, target: float, start: Loudness, ceiling_db: float) -> float:
+def _solve_gain(name: str, target: float, start: Loudness, ceiling_db: float,
+                tick: Callable[[float], None] | None = None) -> float:
     """The gain that lands the limited signal on ``target`` LUFS: secant steps, one cheap
     ebur128 pass each (the limiter makes loudness grow less than the gain, so the slope is
     learnt from the last two points)."""
     aim = target + ENCODER_LOSS_LU
     g, slope = aim - start.integrated, 1.0
     prev: tuple[float, float] | None = None
-    for _ in range(6):
-        got = _ebur128(name, _chain(g, ceiling_db)).integrated
+    for step in range(6):
+        got = _ebur128(name, _chain(g, ceiling_db), duration_ms=start.duration_ms,
+                       progress=(lambda f, k=step: tick((k + f) / 6)) if tick else None
+                       ).integrated
         if abs(got - aim) <= 0.25:
             break
         if prev is not None and abs(g - prev[0]) > 0.05:
             slope = min(max((got - prev[1]) / (g - prev[0]), 0.1), 1.0)
         prev = (g, got)
         g += (aim - got) / slope
+    if tick:
+        tick(1.0)
     return g
 
 
@@ -160,26 +169,42 @@ def default_chime(path: Path) -> Path:
 def prepare(src: str | os.PathLike[str], *, target_lufs: float = TARGET_LUFS,
             true_peak_db: float = TRUE_PEAK_DB, codec: str = "opus",
             chime: str | os.PathLike[str] | None = None,
-            allow_clipped: bool = False) -> Prepared:
+            allow_clipped: bool = False, label: str | None = None,
+            progress: Progress | None = None) -> Prepared:
+    """``label`` names the input in messages (a temporary file's name means nothing to a
+    person); ``progress(phase, fraction)`` hears how far a long preparation has got."""
     name = os.fspath(src)
+    label = label or name
     if codec not in BITRATE:
         raise AudioError(f"codec {codec!r}: use opus or mp3")
+    if Path(name).is_dir():
+        raise AudioError(f"{label} là một thư mục, không phải tệp âm thanh / is a folder, not an "
+                         f"audio file")
     if not Path(name).is_file():
-        raise AudioError(f"{name}: no such file")
+        raise AudioError(f"không có tệp {label} / {label}: no such file")
+    phase = (lambda what: (lambda f: progress(what, f))) if progress else (lambda what: None)
     with tempfile.TemporaryDirectory(prefix="loaxa-prep-") as tmp:
         source = Path(name)
-        loud = _ebur128(name, clipping=True)  # one pass: loudness, clipping, length, rate
+        known = probe(name).duration_ms if progress else 0
+        # one pass: loudness, clipping, length, rate
+        loud = _ebur128(name, clipping=True, label=label, duration_ms=known,
+                        progress=phase("đo độ lớn / measuring"))
         if loud.duration_ms < MIN_DURATION_MS:
-            raise AudioError(f"{name}: only {loud.duration_ms} ms of audio")
+            raise AudioError(f"{label}: chỉ có {loud.duration_ms} ms âm thanh, quá ngắn / only "
+                             f"{loud.duration_ms} ms of audio")
         if loud.duration_ms > MAX_DURATION_MS:
-            raise AudioError(f"{name}: {loud.duration_ms / 3600000:.1f} h is longer than 4 h")
+            raise AudioError(f"{label}: {loud.duration_ms / 3600000:.1f} giờ, dài quá 4 giờ / "
+                             f"longer than 4 h")
         if loud.sample_rate and loud.sample_rate < MIN_SAMPLE_RATE:
-            raise AudioError(f"{name}: sample rate {loud.sample_rate} Hz is below 8000 Hz")
+            raise AudioError(f"{label}: tần số lấy mẫu {loud.sample_rate} Hz dưới 8000 Hz / "
+                             f"sample rate below 8000 Hz")
         if loud.integrated < SILENT_BELOW_LUFS:
-            raise AudioError(f"{name}: silent ({loud.integrated:.0f} LUFS)")
+            raise AudioError(f"{label}: im lặng, không có tiếng / silent "
+                             f"({loud.integrated:.0f} LUFS)")
         warnings = []
         if loud.at_full_scale > CLIPPED_FRACTION:
-            msg = f"{name}: clipped ({loud.at_full_scale:.2%} of samples at full scale)"
+            msg = (f"{label}: bị méo do quá tải / clipped ({loud.at_full_scale:.2%} of samples "
+                   f"at full scale)")
             if not allow_clipped:
                 raise AudioError(msg + "; fix the recording or allow it explicitly")
             warnings.append(msg)
@@ -199,13 +224,19 @@ def prepare(src: str | os.PathLike[str], *, target_lufs: float = TARGET_LUFS,
                 "-application", "voip", "-f", "ogg"] if codec == "opus" else
                ["-c:a", "libmp3lame", "-b:a", BITRATE["mp3"], "-f", "mp3"])
         ceiling = true_peak_db - CEILING_MARGIN_DB
-        gain = _solve_gain(str(source), target_lufs, loud, ceiling)
+        gain = _solve_gain(str(source), target_lufs, loud, ceiling,
+                           phase("cân chỉnh độ lớn / levelling"))
         for _ in range(4):
-            run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(source), "-vn", "-map",
-                 "0:a:0", "-af", _chain(gain, ceiling), "-ac", "1", "-ar", "48000", *enc,
-                 "-fflags", "+bitexact", "-flags:a", "+bitexact", "-y", str(out)],
-                what=f"prepare {name}")
-            result = _ebur128(str(out), true_peak=True)
+            rc, err = ffmpeg_pass(["-v", "error", "-i", str(source), "-vn", "-map",
+                                   "0:a:0", "-af", _chain(gain, ceiling), "-ac", "1", "-ar",
+                                   "48000", *enc, "-fflags", "+bitexact", "-flags:a",
+                                   "+bitexact", "-y", str(out)], duration_ms=loud.duration_ms,
+                                  progress=phase("mã hóa / encoding"))
+            if rc != 0:
+                raise AudioError(f"{label}: không mã hóa được / encoding failed: "
+                                 f"{' | '.join(err.strip().splitlines()[-3:])}")
+            result = _ebur128(str(out), true_peak=True, label=label,
+                              duration_ms=loud.duration_ms, progress=phase("kiểm tra / checking"))
             if result.true_peak is not None and result.true_peak <= true_peak_db:
                 break
             # dense speech comes out of the encoder with more overshoot: lower the limiter's
@@ -213,7 +244,7 @@ def prepare(src: str | os.PathLike[str], *, target_lufs: float = TARGET_LUFS,
             # the loudness target has ±1 LU to give)
             ceiling -= result.true_peak - true_peak_db + 0.2
         else:
-            raise AudioError(f"{name}: could not bring peaks under {true_peak_db} dBTP")
+            raise AudioError(f"{label}: could not bring peaks under {true_peak_db} dBTP")
         data = out.read_bytes()
         duration = result.duration_ms
     return Prepared(data, hashlib.sha256(data).hexdigest(), duration, codec,

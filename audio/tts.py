@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ._run import run
 from .errors import AudioError
-from .vntext import normalize, sentences
+from .vntext import normalize, sentences, speakable
 
 log = logging.getLogger("loaxa.tts")
 ENGINES = ("auto", "gtts", "espeak-ng")
@@ -128,10 +128,14 @@ def synthesize(text: str, *, engine: str = "auto", timeout: float = 10.0, tries:
         raise AudioError(f"speed {speed} is outside 0.5-2.0")
     text = __import__("unicodedata").normalize("NFC", text).strip()
     if not text:
-        raise AudioError("nothing to say: the text is empty")
+        raise AudioError("văn bản trống: không có gì để đọc / nothing to say: the text is empty")
     if len(text) > MAX_TEXT:
-        raise AudioError(f"text is {len(text)} characters, limit {MAX_TEXT}")
+        raise AudioError(f"văn bản dài {len(text)} ký tự, tối đa {MAX_TEXT} / text is "
+                         f"{len(text)} characters, limit {MAX_TEXT}")
     spoken = normalize(text)
+    if not speakable(spoken):
+        raise AudioError("văn bản không có chữ nào đọc được (chỉ có biểu tượng hoặc dấu câu) / "
+                         "nothing in the text can be read aloud")
     pieces = sentences(spoken)
     cache = _Cache(Path(cache_dir) if cache_dir else None)
     kw = dict(voice=voice, speed=speed, timeout=timeout, tries=tries, cache=cache)

@@ -21,6 +21,7 @@ ABBREVIATIONS = {
     "HTX": "hợp tác xã", "KP": "khu phố", "TDP": "tổ dân phố", "TP.": "thành phố",
     "TP": "thành phố", "TX": "thị xã", "VN": "Việt Nam", "VH-TT": "Văn hóa - Thông tin",
     "VOV": "Đài Tiếng nói Việt Nam", "ATTP": "an toàn thực phẩm",
+    "SĐT": "số điện thoại", "ĐT": "điện thoại",
 }
 UNITS = {"km": "ki-lô-mét", "m": "mét", "kg": "ki-lô-gam", "ha": "héc-ta", "mm": "mi-li-mét",
          "%": "phần trăm", "°C": "độ C", "đ": "đồng", "VNĐ": "đồng", "h": "giờ"}
@@ -103,10 +104,40 @@ def _decimal(m: re.Match) -> str:
     return f"{number_words(int(whole))} phẩy {frac_words}"
 
 
+def _digits(text: str) -> str:
+    return " ".join(DIGITS[int(c)] for c in text)
+
+
+def _phone(m: re.Match) -> str:
+    """A phone number, digit by digit with its leading zero, a pause between its groups,
+    as announcers read it: 0912.345.678 -> không chín một hai, ba bốn năm, sáu bảy tám."""
+    raw = m.group(0)
+    intl = raw.startswith("+")
+    groups = [g for g in re.split(r"[\s.()-]+", raw.lstrip("+")) if g]
+    if intl:  # +84 then the number without its leading zero
+        rest = groups[0][2:]
+        groups = ([rest] if rest else []) + groups[1:]
+    digits = "".join(groups)
+    if len(groups) == 1:  # written without separators: 4-3-3, 3-4-4 or (after +84) 3-3-3
+        cut = {10: (4, 7), 11: (3, 7), 9: (3, 6)}.get(len(digits), ())
+        groups = [digits[a:b] for a, b in zip((0, *cut), (*cut, len(digits)))]
+    words = ", ".join(_digits(g) for g in groups)
+    return ("cộng tám bốn, " if intl else "") + words
+
+
+def _house(m: re.Match) -> str:
+    """A house number like 12/3 (or 12/3/5), read with "trên", never as a date."""
+    parts = [number_words(int(x)) for x in m.group(2).split("/")]
+    return f"{m.group(1)} " + " trên ".join(parts)
+
+
+_PHONE = re.compile(r"(?<![\w.,])(?:\+84[\s.-]?\d{2,3}|\(?0\d{2,3}\)?)(?:[\s.-]?\d{3,4}){2}"
+                    r"(?![\w.,]\d)|(?<![\w.,])0\d{9,10}(?!\d)")
+_HOUSE = re.compile(r"(?i)\b(số nhà|số|nhà|hẻm|ngõ|ngách|kiệt)\s+(\d+(?:/\d+){1,2})\b")
 _ABBR = re.compile(r"(?<![\w&.-])(" + "|".join(
     re.escape(a) for a in sorted(ABBREVIATIONS, key=len, reverse=True)) + r")(?![\w&-])")
 _DATE = re.compile(r"(?:\b[Nn]gày\s+)?\b(\d{1,2})[/-](\d{1,2})(?:[/-](\d{4}))?\b")
-_TIME = re.compile(r"\b(\d{1,2})\s*(?:giờ|h|:)\s*(\d{2})?(?:\s*phút)?(?![\d/])")
+_TIME = re.compile(r"\b(\d{1,2})\s*(?:giờ|h|:)(?:\s*(\d{2})(?:\s*phút)?)?(?![\d/])")
 _DECIMAL = re.compile(r"\b(\d{1,3}(?:\.\d{3})*|\d+),(\d+)\b")
 _THOUSANDS = re.compile(r"\b\d{1,3}(?:\.\d{3})+\b")
 _UNIT = re.compile(r"(\d)\s*(km|kg|ha|mm|m|%|°C|VNĐ|đ)(?!\w)")
@@ -116,7 +147,11 @@ _NUMBER = re.compile(r"\d+")
 def normalize(text: str) -> str:
     """Text as it should be read aloud."""
     t = unicodedata.normalize("NFC", text)
+    # pictographs and other symbols are not read aloud (an engine may spell their names)
+    t = "".join(c for c in t if unicodedata.category(c) not in ("So", "Cs", "Co"))
     t = _ABBR.sub(lambda m: ABBREVIATIONS[m.group(1)], t)
+    t = _PHONE.sub(_phone, t)
+    t = _HOUSE.sub(_house, t)
     t = _DATE.sub(_date, t)
     t = _TIME.sub(_time, t)
     t = _UNIT.sub(lambda m: f"{m.group(1)} {UNITS[m.group(2)]}", t)
@@ -124,6 +159,11 @@ def normalize(text: str) -> str:
     t = _THOUSANDS.sub(lambda m: m.group(0).replace(".", ""), t)
     t = _NUMBER.sub(lambda m: number_words(int(m.group(0))), t)
     return re.sub(r"[ \t]+", " ", t).strip()
+
+
+def speakable(text: str) -> bool:
+    """Whether anything in ``text`` can be read aloud (a letter, after normalisation)."""
+    return any(unicodedata.category(c).startswith("L") for c in text)
 
 
 def sentences(text: str, limit: int = 400) -> list[str]:

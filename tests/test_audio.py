@@ -128,12 +128,12 @@ def test_silent_and_clipped_uploads_are_refused_by_name(tmp_path):
     silent = tmp_path / "im-lang.wav"
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono",
                     "-t", "3", str(silent)], check=True)
-    with pytest.raises(AudioError, match="im-lang.wav: silent"):
+    with pytest.raises(AudioError, match="im-lang.wav: im lặng, không có tiếng / silent"):
         prepare(silent)
     clipped = tmp_path / "meo-tieng.wav"
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=frequency=200:duration=2",
                     "-af", "volume=20dB", str(clipped)], check=True)
-    with pytest.raises(AudioError, match="meo-tieng.wav: clipped"):
+    with pytest.raises(AudioError, match="meo-tieng.wav: bị méo do quá tải / clipped"):
         prepare(clipped)
     assert prepare(clipped, allow_clipped=True).warnings
 
