@@ -4,7 +4,8 @@ No I/O and no clock of its own: callers pass the time. The hub previews with the
 the station executes with.
 """
 from .model import Item, Occurrence, Priority, QuietHours, TZ
-from .evaluate import active_at, may_start, occurrences, overdue, playing_at, startable_at
+from .evaluate import (active_at, may_start, next_start, occurrences, overdue, playing_at,
+                       startable_at)
 
 __all__ = ["Item", "Occurrence", "Priority", "QuietHours", "TZ", "active_at", "may_start",
-           "occurrences", "overdue", "playing_at", "startable_at"]
+           "next_start", "occurrences", "overdue", "playing_at", "startable_at"]

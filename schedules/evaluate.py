@@ -91,4 +91,21 @@ def overdue(items: Iterable[Item], since: datetime, t: datetime, *,
     return out
 
 
+def next_start(item: Item, t: datetime, *, quiet: QuietHours | None = None,
+               limit: int = MAX_OCCURRENCES_PER_ITEM) -> datetime | None:
+    """The first occurrence of ``item`` that can still begin at or after ``t`` (its late-start
+    window not yet closed), or None if there is none: a one-off whose time has passed, a
+    campaign that has ended."""
+    lo = t - timedelta(seconds=item.late_start_s)
+    if item._rule is None:
+        return item.start if item.start >= lo and _allowed(item, item.start, quiet) else None
+    for n, dt in enumerate(item._rule.xafter(lo.astimezone(TZ), inc=True)):
+        u = dt.astimezone(timezone.utc)
+        if item.valid_until and u >= item.valid_until or n >= limit:
+            return None
+        if _allowed(item, u, quiet):
+            return u
+    return None
+
+
 _EPS = timedelta(microseconds=1)

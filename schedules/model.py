@@ -42,6 +42,7 @@ class Priority(IntEnum):
             if folded in names:
                 return p
         raise ScheduleError(
+            f"mức ưu tiên {text!r} không có: dùng thong-thuong, uu-tien hoặc khan-cap / "
             f"unknown priority {text!r}: use thong-thuong, uu-tien or khan-cap (1, 2, 3)")
 
 
@@ -108,16 +109,23 @@ class Item:
         if self.valid_from and self.valid_until and self.valid_until <= self.valid_from:
             raise ScheduleError(f"item {self.id}: campaign ends before it starts")
         if self.stream is not None and not (isinstance(self.stream, str) and
-                                            self.stream.startswith(("http://", "https://"))):
-            raise ScheduleError(f"item {self.id}: a stream must be an http(s) URL")
+                                            self.stream.startswith("https://")):
+            # only the URL is signed: over plain http anyone on the path could put audio on
+            # air, so the station accepts only TLS streams whose certificate it verifies
+            raise ScheduleError(f"item {self.id}: luồng tiếp âm phải là https:// / a stream must "
+                                f"be an https:// URL (http(s) URL over TLS only)")
         object.__setattr__(self, "priority", Priority(self.priority))
         object.__setattr__(self, "start", self.start.astimezone(timezone.utc))
         if self.rrule:
             body = self.rrule.removeprefix("RRULE:")
             try:
                 rule = rrulestr(body, dtstart=self.start.astimezone(TZ))
-            except (ValueError, TypeError) as exc:
-                raise ScheduleError(f"item {self.id}: bad RRULE {self.rrule!r}: {exc}") from None
+            except (ValueError, TypeError):
+                # dateutil's own text ("not enough values to unpack") helps nobody
+                raise ScheduleError(
+                    f"lịch lặp {self.rrule!r} không hợp lệ: dùng hourly, daily, weekly, weekdays "
+                    f"hoặc một RRULE như FREQ=DAILY / not a valid repetition (RRULE): use "
+                    f"hourly, daily, weekly, weekdays or e.g. FREQ=WEEKLY;BYDAY=MO") from None
             object.__setattr__(self, "_rule", rule)
 
     @property
