@@ -46,6 +46,7 @@ class Reason(str, Enum):
     REPLAYED = "replayed"
     WRONG_KIND = "wrong_kind"
     WRONG_SENDER = "wrong_sender"
+    WRONG_STATION = "wrong_station"
     BAD_AUDIO = "bad_audio"
 
 

@@ -5,11 +5,19 @@ so the broker keeps our subscriptions and queued QoS 1 messages across reconnect
 will is re-armed before every connection attempt with a fresh birth/death sequence
 (Sparkplug's bdSeq) so a stale will can be told from a fresh one; on every connect we
 re-subscribe, then the owner publishes its birth message.
+
+paho's network thread never touches the owner's database: the bdseq of each attempt is
+``epoch * 2**20 + attempt``, where the owner persists a new ``epoch`` once per process start
+on its own thread. When a connection cannot be made, ``failure`` names the cause (TLS
+expected, certificate refused, not authorised, unreachable) instead of paho's "Unspecified
+error".
 """
 from __future__ import annotations
 
+import errno
 import logging
 import queue
+import socket
 import ssl
 import threading
 from dataclasses import dataclass
@@ -67,25 +75,86 @@ class BrokerConfig:
                 f"tls={'on' if self.tls_ca else 'off'}, username={self.username!r}, password={pw})")
 
 
+BDSEQ_ATTEMPTS = 2 ** 20  # connection attempts per process start before the epoch must grow
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why the link is not (fully) up. ``cause`` is one of ``CAUSES``; ``detail`` for people."""
+
+    cause: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.cause}: {self.detail}"
+
+
+CAUSES = ("unreachable", "tls_expected", "tls_unexpected", "certificate_refused",
+          "broker_untrusted", "not_authorised", "refused", "lost")
+
+
+class _Client(paho.Client):
+    """paho's client, keeping the reason a connection attempt failed: paho swallows it and
+    reports only "connection failed" to its callbacks."""
+
+    last_socket_error: BaseException | None = None
+
+    def _create_socket(self):  # paho 2.x: the one place a connection is opened
+        try:
+            sock = super()._create_socket()
+        except BaseException as exc:
+            self.last_socket_error = exc
+            raise
+        self.last_socket_error = None
+        return sock
+
+
+def explain_socket_error(exc: BaseException, *, tls: bool) -> Failure:
+    """The cause of a failed connection attempt, in words an administrator can act on."""
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return Failure("broker_untrusted", f"the broker's certificate is not trusted by tls_ca "
+                       f"({exc.verify_message or text})")
+    if isinstance(exc, ssl.SSLError):
+        low = text.lower()
+        if "wrong version number" in low or "record layer failure" in low \
+                or "packet length too long" in low:
+            return Failure("tls_unexpected", f"the broker does not speak TLS on this port ({text})")
+        return Failure("certificate_refused", f"the broker refused our certificate ({text})")
+    if isinstance(exc, (socket.gaierror, ConnectionRefusedError, TimeoutError, socket.timeout)) \
+            or getattr(exc, "errno", None) in (errno.EHOSTUNREACH, errno.ENETUNREACH,
+                                                errno.ECONNREFUSED, errno.ETIMEDOUT):
+        return Failure("unreachable", f"broker unreachable ({text})")
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+        return Failure("tls_expected" if not tls else "certificate_refused",
+                       "the broker closed the connection at once: " + (
+                           "it probably expects TLS (set tls_ca, tls_cert and tls_key)"
+                           if not tls else "it refused our certificate"))
+    return Failure("unreachable", f"cannot connect ({type(exc).__name__}: {text})")
+
+
 class MqttLink:
     def __init__(
         self, *, client_id: str, broker: BrokerConfig, subscriptions: list[str],
-        will: Callable[[int], Will] | None = None,
-        next_bdseq: Callable[[], int] | None = None,
+        will: Callable[[int], Will] | None = None, bdseq_epoch: int = 0,
         on_connected: Callable[[int], None] | None = None,
     ) -> None:
         self.broker = broker
         self.subscriptions = list(subscriptions)
         self.inbox: "queue.Queue[Inbound]" = queue.Queue()
         self.connected = threading.Event()
+        self.epoch = int(bdseq_epoch)
+        self.attempts = 0
         self.bdseq = 0
+        self.failure: Failure | None = None
         self._make_will = will
-        self._next_bdseq = next_bdseq
         self._on_connected = on_connected
         self._v5 = broker.protocol == "5"
+        self._tls = bool(broker.tls_ca)
+        self._connack = False  # whether the current connection got its CONNACK
         if broker.protocol not in ("5", "3.1.1"):
             raise ValueError(f"MQTT protocol {broker.protocol!r}: use '5' or '3.1.1'")
-        self._client = paho.Client(
+        self._client = _Client(
             callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
             protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
             clean_session=None if self._v5 else False,
@@ -98,9 +167,11 @@ class MqttLink:
         if broker.username:
             self._client.username_pw_set(broker.username, broker.password)
         self._client.on_connect = self._handle_connect
+        self._client.on_connect_fail = self._handle_connect_fail
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message
         self._client.on_subscribe = self._handle_subscribe
+        self._client.on_publish = self._handle_publish
         self._sub_mid: int | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -157,16 +228,40 @@ class MqttLink:
         return True
 
     # -- paho callbacks (paho's thread) ----------------------------------------------------
+    def _fail(self, failure: Failure) -> None:
+        if failure != self.failure:
+            log.error("broker %s:%s: %s", self.broker.host, self.broker.port, failure)
+        self.failure = failure
+
+    def _handle_connect_fail(self, client, userdata) -> None:
+        exc = self._client.last_socket_error
+        self._fail(explain_socket_error(exc, tls=self._tls) if exc else
+                   Failure("unreachable", "connection failed"))
+
+    def _handle_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        code = getattr(reason_code, "value", 0)
+        if code in (0x87, 0x86):  # 135 Not authorized
+            self._fail(Failure("not_authorised", "the broker's ACL refuses what we publish "
+                               "(is the certificate's CN the name the ACL expects?)"))
+        elif code == 0 and self.failure is not None and self.failure.cause == "not_authorised":
+            self.failure = None  # the ACL lets us publish again
+
     def _arm_will(self) -> None:
-        self.bdseq = self._next_bdseq() if self._next_bdseq else self.bdseq + 1
+        self.attempts += 1
+        self.bdseq = self.epoch * BDSEQ_ATTEMPTS + min(self.attempts, BDSEQ_ATTEMPTS - 1)
         if self._make_will:
             w = self._make_will(self.bdseq)
             self._client.will_set(w.topic, w.payload, qos=w.qos, retain=w.retain)
 
     def _handle_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            log.warning("broker refused connection: %s", reason_code)
+            code = getattr(reason_code, "value", 0)
+            if code in (0x86, 0x87, 0x8C, 4, 5):  # bad user/password, not authorised
+                self._fail(Failure("not_authorised", f"the broker refused us: {reason_code}"))
+            else:
+                self._fail(Failure("refused", f"the broker refused the connection: {reason_code}"))
             return
+        self._connack = True
         if self.subscriptions:
             # ready only once the broker has granted the subscriptions (SUBACK)
             _, self._sub_mid = client.subscribe(
@@ -179,10 +274,13 @@ class MqttLink:
             return
         bad = [rc for rc in reason_codes if rc.is_failure]
         if bad:
-            log.error("broker refused subscriptions: %s", bad)
+            self._fail(Failure("not_authorised", f"the broker refused our subscriptions: {bad}"))
         self._ready()
 
     def _ready(self) -> None:
+        if self.failure is not None and self.failure.cause != "not_authorised":
+            log.info("broker %s:%s reached again", self.broker.host, self.broker.port)
+            self.failure = None
         self.connected.set()
         log.info("connected to %s:%s (bdseq %d)", self.broker.host, self.broker.port, self.bdseq)
         if self._on_connected:
@@ -194,9 +292,22 @@ class MqttLink:
     def _handle_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was = self.connected.is_set()
         self.connected.clear()
-        if was:
+        if not self._connack and reason_code.is_failure:
+            # closed before the broker answered our CONNECT: a TLS listener reading plain
+            # MQTT, or a broker that dropped our certificate after the handshake
+            self._fail(Failure("certificate_refused", "the broker closed the connection before "
+                               "answering: it refused our certificate") if self._tls else
+                       Failure("tls_expected", "the broker closed the connection before "
+                               "answering: it probably expects TLS (set tls_ca, tls_cert and "
+                               "tls_key under [broker])"))
+        elif was:
             (log.warning if reason_code.is_failure else log.info)(
                 "disconnected from broker: %s", reason_code)
+            if reason_code.is_failure and (self.failure is None or
+                                           self.failure.cause != "not_authorised"):
+                # (a broker may drop a client it has just refused: the refusal is the cause)
+                self.failure = Failure("lost", f"connection lost: {reason_code}")
+        self._connack = False
         self._arm_will()  # the next attempt carries a new bdseq
 
     def _handle_message(self, client, userdata, msg) -> None:

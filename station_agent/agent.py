@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from hardware import Wiring, open_board
-from audio import AlsaPlayer
+from audio import AlsaPlayer, AudioError, check_device
 from protocol import chunks
 from protocol.clock import Clock, iso, make_clock, parse_iso
 from protocol.envelope import KeyRing, Reason, Refused, Signer, public_from_text, seal, verify
 from protocol.mqtt import Inbound, MqttLink, Will
 from protocol.storage import write
 from protocol.topics import Topics
-from schedules import Item
+from schedules import Item, occurrences
 
 from . import health as probes
 from .clocktrust import ClockTrust
@@ -39,6 +39,12 @@ FETCH_WINDOW = 256 * 1024   # bytes asked for at a time: a re-request repeats at
 TRUST_SAVE_EVERY_S = 60.0
 TIME_ASK_EVERY_S = 10.0     # while the clock is not trusted
 TIME_CHECK_EVERY_S = 60.0   # while it is
+LINK_GRACE_S = 30.0         # a link not up this long after start is an alarm (not at once)
+REFUSAL_REPORT_EVERY_S = 10.0  # a flood of one refusal is counted in full, reported sparingly
+NEXT_EVERY_S = 10.0         # how often the status file's "what plays next" is worked out
+# alarms the agent raises itself (health.* come from probes): 2 = fault, 1 = degraded
+ALARM_SEVERITY = {"clock": 2, "audio_device": 2, "audio_corrupt": 2, "amplifier": 2, "relay": 2,
+                  "disk_full": 2, "no_sound": 2, "emergency_message": 1}
 SIM_FAULTS = "sim-faults.json"   # `loaxa agent fault` writes it; simulated boards only
 _CONNECTED = Inbound("$local/connected", b"", False)
 
@@ -47,6 +53,7 @@ class Agent:
     def __init__(self, cfg: StationConfig, *, clock: Clock | None = None, board: Any = None,
                  player: Any = None) -> None:
         self.cfg = cfg
+        self._alarm_cache: dict[str, str] | None = None
         self.id = cfg.station_id
         self.clock = clock or make_clock(cfg.clock)
         self.topics = Topics(cfg.prefix)
@@ -57,7 +64,7 @@ class Agent:
         self.board = board or open_board(cfg.hardware_backend, Wiring.from_dict(cfg.wiring),
                                          sim=cfg.sim)
         self.player = player or AlsaPlayer(cfg.audio_device, alsa_config=cfg.alsa_config,
-                                           volume=cfg.volume)
+                                           volume=cfg.volume, stream_ca=cfg.stream_ca)
         self.runner = Runner(store=self.store, board=self.board, player=self.player,
                              clock=self.clock, warmup_ms=cfg.warmup_ms,
                              power_good_timeout_ms=cfg.power_good_timeout_ms,
@@ -66,7 +73,7 @@ class Agent:
         self.link = MqttLink(
             client_id=f"station-{self.id}", broker=cfg.broker,
             subscriptions=self.topics.station_subscriptions(self.id, cfg.groups),
-            will=self._will, next_bdseq=self.store.next_bdseq,
+            will=self._will, bdseq_epoch=self.store.next_bdseq_epoch(),
             on_connected=lambda bdseq: self.link.inbox.put(_CONNECTED),
         )
         self._sent: dict[int, float] = {}        # outbox seq -> monotonic time last sent
@@ -83,7 +90,14 @@ class Agent:
         self.link_rtt_ms: int | None = None
         self.health = probes.HealthModel(
             debounce=2, on_change=lambda name, status, detail: self.alarm(
-                f"health.{name}", status in ("degraded", "fault"), detail))
+                f"health.{name}", status in ("degraded", "fault"), detail),
+            held={code[7:] for code in self.alarms() if code.startswith("health.")})
+        self.modem = probes.ModemProbe()
+        self._started_mono = self.clock.monotonic()
+        self._ever_connected = False
+        self._refusals_reported: dict[tuple[str, str], float] = {}
+        self._next: tuple[float, dict[str, Any] | None] = (-1e9, None)
+        self._next_version: int | None = None
         self._health_at = -1e9
         self._heartbeat_at = -1e9
         self._faults_seen: bytes | None = None
@@ -97,9 +111,42 @@ class Agent:
         change = self.trust.start(now, mono, parse_iso(last) if last else None)
         self.store.event("agent.started", {"interrupted": interrupted,
                                            "clock": iso(now)}, now)
+        if change is None and "clock" in self._held_alarms():
+            # untrusted before the restart, and a restart does not set a clock: ask the hub
+            change = self.trust.distrust("untrusted before the restart; waiting for the hub's "
+                                         "time")
         if change:
             self._clock_changed(change)
+        self._reevaluate_alarms()
         self.link.start()
+
+    def _reevaluate_alarms(self) -> None:
+        """Every alarm held from before a restart is judged again: a condition that went away
+        while the agent was down is cleared now, not never. Health probes clear through their
+        first reading (``held``), the clock through the hub's time, the rest here; only
+        ``no_sound`` waits for the next play (it needs sound to judge)."""
+        held = self.alarms()
+        if "disk_full" in held:
+            free = shutil.disk_usage(self.store.audio_dir).free
+            if free >= self.cfg.min_free_bytes:
+                self.alarm("disk_full", False, f"{free // 2**20} MiB free")
+        if "emergency_message" in held:
+            active = self.store.active_bundle()
+            sha = (active[1] if active else {}).get("emergency")
+            if sha and self.store.has_audio(sha):
+                self.alarm("emergency_message", False, "")
+        if "audio_device" in held and isinstance(self.player, AlsaPlayer):
+            try:  # opens the device as a play would (20 ms of silence)
+                check_device(self.cfg.audio_device, alsa_config=self.cfg.alsa_config)
+            except AudioError as exc:
+                log.warning("audio device still failing: %s", exc)
+            else:
+                self.alarm("audio_device", False, "the device opens again")
+        if "audio_corrupt" in held:
+            self.alarm("audio_corrupt", False, "")  # the corrupt file was dropped and refetched
+        if {"amplifier", "relay"} & set(held):
+            # relays and amplifier are judged again by the silent self-test, now
+            self.runner.selftest_now("re-check after restart")
 
     def stop(self) -> None:
         self.runner.shutdown()
@@ -153,21 +200,40 @@ class Agent:
         self._health_at = mono
         b = self.board
         found = [*probes.power(b), probes.cpu_temperature(), probes.disk(self.store.dir),
-                 probes.memory(),
-                 probes.Probe("clock", "ok" if self.trust.trusted else "fault",
-                              self.trust.trusted, "" if self.trust.trusted else self.trust.detail),
-                 probes.Probe("link", "ok" if self.link.connected.is_set() else "degraded",
-                              self.link_rtt_ms if self.link.connected.is_set() else None,
-                              "" if self.link.connected.is_set() else "no broker connection"),
-                 probes.Probe("audio_device", "fault" if self.store.get("alarm.audio_device")
-                              is not None else "ok", None,
-                              self.store.get("alarm.audio_device") or "")]
-        if self.runner.current is None:  # relays and amplifier mean something only at rest
-            found += [probes.relays(b), probes.amplifier(b)]
-        m = probes.modem()
+                 probes.memory(), self._link_probe(mono)]
+        if self.runner.current is None and self.runner.live_mic_until is None:
+            found += [probes.relays(b), probes.amplifier(b)]  # they mean something only at rest
+        m = self.modem.latest()  # never waits for mmcli (up to 5 s on a 4G station)
         if m is not None:
             found.append(m)
         self.health.update(found)
+
+    def health_status(self) -> str:
+        """ok / degraded / fault: the worst of the probes and the alarms the agent raises
+        itself, so the status never says more than the alarms explain."""
+        worst = probes.ORDER[self.health.status]
+        for code in self._held_alarms():
+            if not code.startswith("health."):
+                worst = max(worst, ALARM_SEVERITY.get(code, 1))
+        return {0: "ok", 1: "degraded", 2: "fault"}[worst]
+
+    def _link_probe(self, mono: float) -> probes.Probe:
+        """The link, with the reason it is down; unknown in the first seconds after a start,
+        so a station that is still connecting raises no alarm."""
+        if self.link.connected.is_set():
+            self._ever_connected = True
+            f = self.link.failure
+            if f is not None and f.cause == "not_authorised":
+                return probes.Probe("link", "degraded", f.cause, str(f))
+            return probes.Probe("link", "ok", self.link_rtt_ms)
+        f = self.link.failure
+        transient = f is None or f.cause in ("unreachable", "lost", "refused")
+        if not self._ever_connected and transient and mono - self._started_mono < LINK_GRACE_S:
+            # a network that comes up after the agent (4G at boot) is not an alarm; a
+            # definite cause (TLS, certificate, ACL) will not go away by waiting
+            return probes.Probe("link", "unknown", None, "connecting")
+        return probes.Probe("link", "degraded", f.cause if f else None,
+                            str(f) if f else "no broker connection")
 
     def heartbeat_interval(self) -> float:
         period = self._heightened()
@@ -193,7 +259,7 @@ class Agent:
             return
         self._heartbeat_at = mono
         st = self.runner.status()
-        body = {"status": self.health.status, "probes": self.health.summary(),
+        body = {"status": self.health_status(), "probes": self.health.summary(),
                 "on_air": st["on_air"], "relay": st["relay"],
                 "heightened": bool(self._heightened()),
                 "interval_s": int(self.heartbeat_interval())}
@@ -201,10 +267,13 @@ class Agent:
                           self._seal("heartbeat", body, timedelta(minutes=10)))
 
     def _leds(self) -> None:
-        b, st = self.board, self.health.status
+        b, st, r = self.board, self.health_status(), self.runner
         b.led("link", "on" if self.link.connected.is_set() else "blink")
         b.led("health", {"ok": "on", "degraded": "blink"}.get(st, "off"))
-        b.led("on_air", "on" if self.runner.current is not None else "off")
+        # on air: steady while something plays or the microphone is live; blinking while a
+        # khẩn cấp message has taken the air from the operator's microphone
+        b.led("on_air", "blink" if r.mic_preempted else
+              "on" if r.current is not None or r.live_mic_until is not None else "off")
 
     def _buttons(self) -> None:
         while True:
@@ -221,7 +290,7 @@ class Agent:
             elif name == "emergency":
                 active = self.store.active_bundle()
                 sha = (active[1] if active else {}).get("emergency")
-                if sha and self.store.has_audio(sha):
+                if sha and self.store.has_audio(sha):  # hash-checked again before air
                     self.runner.play_now(sha, "local emergency message (button)")
                 else:
                     self.alarm("emergency_message", True, "no stored emergency message")
@@ -257,7 +326,8 @@ class Agent:
         """Raise or clear an alarm: once per transition, as an event, remembered across
         restarts so every birth and report says which alarms stand."""
         key = f"alarm.{code}"
-        if (self.store.get(key) is not None) == active:
+        held = self._held_alarms()
+        if (code in held) == active:
             return
         now = self.clock.now()
         with write(self.store.db):
@@ -266,12 +336,23 @@ class Agent:
             else:
                 self.store.db.execute("DELETE FROM meta WHERE key = ?", [key])
             self.store.event("alarm", {"code": code, "active": active, "detail": detail}, now)
+        if active:
+            held[code] = detail
+        else:
+            held.pop(code, None)
         (log.warning if active else log.info)("alarm %s %s: %s", code,
                                               "raised" if active else "cleared", detail)
 
+    def _held_alarms(self) -> dict[str, str]:
+        """The alarms that stand, read from the store once and kept in step by ``alarm``,
+        their only writer (they are asked for several times a step)."""
+        if self._alarm_cache is None:
+            rows = self.store.db.execute("SELECT key, value FROM meta WHERE key LIKE 'alarm.%'")
+            self._alarm_cache = {k[6:]: v for k, v in rows.fetchall()}
+        return self._alarm_cache
+
     def alarms(self) -> dict[str, str]:
-        rows = self.store.db.execute("SELECT key, value FROM meta WHERE key LIKE 'alarm.%'")
-        return {k[6:]: v for k, v in rows.fetchall()}
+        return dict(self._held_alarms())
 
     def _clock_changed(self, change) -> None:
         self.alarm("clock", not change.trusted, change.detail)
@@ -295,8 +376,9 @@ class Agent:
         return Will(self.topics.state(self.id),
                     self._seal("state", {"online": False, "bdseq": bdseq}, STATE_TTL, bdseq))
 
-    def summary(self) -> dict[str, Any]:
-        """The station's live state, sent with every birth and every report."""
+    def summary(self, in_flight: int = 0) -> dict[str, Any]:
+        """The station's live state, sent with every birth and every report. ``outbox`` is what
+        waits to be sent after the ``in_flight`` events that travel with this summary."""
         held = self.store.held_bundle()
         active = self.store.active_bundle()
         pending = self.store.pending_bundle()
@@ -306,7 +388,8 @@ class Agent:
                 "pending_version": pending[0] if pending else None,
                 "missing": self.store.missing_audio(wanted), "alarms": self.alarms(),
                 "clock": iso(self.clock.now()), "clock_trusted": self.trust.trusted,
-                "outbox": self.store.outbox_size()}
+                "outbox": max(0, self.store.outbox_size() - in_flight),
+                "live_mic": self.runner.live_mic_until is not None}
 
     def _birth(self) -> None:
         body = {"online": True, "bdseq": self.link.bdseq, "name": self.cfg.name,
@@ -326,18 +409,27 @@ class Agent:
                  if mono - self._sent.get(e["seq"], -1e9) >= self.cfg.report_retry_s]
         if not batch:
             return
-        body = {"events": batch, "sent_at": iso(self.clock.now()), "state": self.summary()}
+        body = {"events": batch, "sent_at": iso(self.clock.now()),
+                "state": self.summary(in_flight=len(batch))}
         raw = self._seal("report", body, REPORT_TTL, batch[-1]["seq"])
         if self.link.publish(self.topics.events(self.id), raw):
             for e in batch:
                 self._sent[e["seq"]] = mono
 
+    def _wanted_content(self) -> dict[str, Any]:
+        """Audio the station should hold, by SHA-256, with the size the signed bundle states:
+        the pending programme's, else the active one's (a file dropped as corrupt is fetched
+        again)."""
+        b = self.store.pending_bundle() or self.store.active_bundle()
+        return b[1].get("content", {}) if b else {}
+
     def _request_audio(self) -> None:
-        pending = self.store.pending_bundle()
-        if not pending or not self.link.connected.is_set():
+        if not self.link.connected.is_set():
             return
         mono = self.clock.monotonic()
-        content = pending[1].get("content", {})
+        content = self._wanted_content()
+        if not content:
+            return
         missing = self.store.missing_audio(list(content))
         need = sum(int(content[s].get("size") or 0) - self.store.part_size(s) for s in missing)
         free = shutil.disk_usage(self.store.audio_dir).free
@@ -345,7 +437,7 @@ class Agent:
             self.alarm("disk_full", True, f"{free // 2**20} MiB free, {need // 2**20} MiB of "
                        f"audio wanted, {self.cfg.min_free_bytes // 2**20} MiB kept in reserve")
             return
-        if self.store.get("alarm.disk_full") is not None:
+        if "disk_full" in self._held_alarms():
             self.alarm("disk_full", False, f"{free // 2**20} MiB free")
         for sha in missing:
             last = self._fetching.get(sha)
@@ -387,6 +479,11 @@ class Agent:
                     return
                 if env.kind != "ack":
                     raise Refused(Reason.WRONG_KIND, f"{env.kind} on the ack topic")
+                if env.body.get("station") != self.id:
+                    raise Refused(Reason.WRONG_STATION, f"ack for station "
+                                  f"{env.body.get('station')!r}, not {self.id!r}")
+                if self.trust.trusted and env.exp <= self.clock.now():
+                    raise Refused(Reason.EXPIRED, f"ack expired {iso(env.exp)}")
                 seqs = env.body.get("seqs")
                 if not isinstance(seqs, list) or not all(isinstance(s, int) for s in seqs):
                     raise Refused(Reason.MALFORMED, "ack without a list of sequence numbers")
@@ -406,10 +503,18 @@ class Agent:
             self._refuse(Refused(Reason.MALFORMED, f"{type(exc).__name__}: {exc}"), msg.topic)
 
     def _refuse(self, r: Refused, topic: str) -> None:
+        """Every refusal is counted; it is reported (an outbox event) at most once per
+        reason and topic every few seconds, so a flood cannot fill the outbox."""
+        n = self.store.bump(f"refused.{r.reason.value}")
+        mono = self.clock.monotonic()
+        key = (r.reason.value, topic)
+        last = self._refusals_reported.get(key)
+        if last is not None and mono - last < REFUSAL_REPORT_EVERY_S:
+            return
         log.warning("refused message on %s: %s", topic, r)
-        self.store.bump(f"refused.{r.reason.value}")
+        self._refusals_reported[key] = mono
         self.store.event("refused", {"reason": r.reason.value, "detail": r.detail[:300],
-                                     "topic": topic}, self.clock.now())
+                                     "topic": topic, "count": n}, self.clock.now())
 
     def _on_bundle(self, raw: bytes) -> None:
         held = self.store.held_bundle()
@@ -445,6 +550,15 @@ class Agent:
     def _on_chunk(self, raw: bytes) -> None:
         self.store.bump("audio.bytes_received", len(raw))
         c = chunks.decode(raw)  # raises Refused on a malformed or corrupt chunk
+        # bound to the signed bundle: only audio it names, of exactly the size it states
+        meta = self._wanted_content().get(c.sha)
+        if meta is None:  # not stored, so it costs nothing: a late chunk of an old programme
+            self.store.bump("ignored.chunk_unwanted")
+            return
+        size = int(meta.get("size") or 0)
+        if c.total != size:
+            raise Refused(Reason.BAD_AUDIO, f"chunk of {c.sha[:12]} claims {c.total} bytes; "
+                          f"the signed programme says {size}")
         if c.sha not in self._fetching or self.store.has_audio(c.sha):
             self.store.bump("ignored.chunk")
             return
@@ -474,6 +588,8 @@ class Agent:
             self.store.discard_part(c.sha)
             raise Refused(Reason.BAD_AUDIO, f"audio {c.sha[:12]} arrived with hash {digest[:12]}")
         self.store.keep_audio(c.sha, self.clock.now())
+        if "audio_corrupt" in self._held_alarms():
+            self.alarm("audio_corrupt", False, f"audio {c.sha[:12]} fetched again")
         self._fetching.pop(c.sha, None)
         self._window_end.pop(c.sha, None)
         self._try_activate()
@@ -486,9 +602,12 @@ class Agent:
         self._last_status_mono = mono
         summary = self.summary()
         summary.pop("clock")  # changes every call; the file says "at"
+        f = self.link.failure
         st = {"station": self.id, "connected": self.link.connected.is_set(), **summary,
+              "link_failure": {"cause": f.cause, "detail": f.detail} if f else None,
               "audio_missing": len(summary["missing"]), "counters": self.store.counters(),
-              "health": self.health.status,
+              "health": self.health_status(), "probes": self.health.summary(),
+              **self._outlook(mono),
               "leds": {n: self.board.led_state(n) for n in ("link", "health", "on_air")},
               **self.runner.status()}
         if st != self._last_status:
@@ -496,6 +615,45 @@ class Agent:
             tmp.write_text(json.dumps({**st, "pid": os.getpid(), "at": iso(self.clock.now())}))
             os.replace(tmp, self._status_path)
             self._last_status = st
+
+    def _outlook(self, mono: float) -> dict[str, Any]:
+        """What plays next, and why nothing plays now if that is so: for `loaxa agent status`
+        and the local console."""
+        now = self.clock.now()
+        active = self.store.active_bundle()
+        version = active[0] if active else None
+        if mono - self._next[0] >= NEXT_EVERY_S or version != self._next_version:
+            self._next, self._next_version = (mono, None), version
+            if active:
+                items, quiet = self.runner.programme()
+                upcoming = [o for o in occurrences(items, now, now + timedelta(days=2),
+                                                   quiet=quiet)
+                            if o.start >= now and self.store.play_state(o.key) is None]
+                if upcoming:
+                    o = upcoming[0]
+                    self._next = (mono, {"key": o.key, "title": o.item.title,
+                                         "start": iso(o.start), "priority": int(o.item.priority),
+                                         "content": o.item.content,
+                                         "audio_present": self.store.has_audio(o.item.content)})
+        why: list[dict[str, str]] = []
+        if not self.trust.trusted:
+            why.append({"code": "clock", "detail": self.trust.detail})
+        if self.runner.live_mic_until is not None:
+            why.append({"code": "live_mic", "detail": ""})
+        pending = self.store.pending_bundle()
+        if not active:
+            why.append({"code": "no_programme", "detail": ""})
+        if pending:
+            missing = self.store.missing_audio(list(pending[1].get("content", {})))
+            why.append({"code": "pending", "detail": f"v{pending[0]}: {len(missing)}"})
+        nxt = self._next[1]
+        if nxt and not nxt["audio_present"]:
+            why.append({"code": "next_audio_missing", "detail": nxt["content"][:12]})
+        for code in ("amplifier", "relay", "audio_device", "disk_full"):
+            detail = self._held_alarms().get(code)
+            if detail is not None:
+                why.append({"code": f"alarm.{code}", "detail": detail})
+        return {"next": nxt, "blocked": why}
 
 
 def _hhmm(text: str | None):

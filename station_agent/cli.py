@@ -16,9 +16,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sa.add_parser("run", help="run the station")
     p.add_argument("--config", type=Path, required=True)
     p.set_defaults(fn=cmd_run)
-    p = sa.add_parser("check", help="validate station.toml and exit")
+    p = sa.add_parser("check", help="validate station.toml and what it names (key, data "
+                      "folder, TLS files, GPIO library, sound device) and exit")
     p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--user", help="the user the service runs as (default: you); checks that it "
+                   "can read and write what it must")
+    p.add_argument("--no-device", action="store_true",
+                   help="do not open the sound device (it plays 20 ms of silence)")
     p.set_defaults(fn=cmd_check)
+    p = sa.add_parser("keygen", help="make this station's signing key (once) and print its "
+                      "public key for `loaxa hub station key`")
+    p.add_argument("--config", type=Path, required=True)
+    p.set_defaults(fn=cmd_keygen)
+    p = sa.add_parser("status", help="this station's own state: what plays now and next, and "
+                      "why something does not play")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_status)
     p = sa.add_parser("fault", help="inject or clear a fault on a running simulated station")
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("action", choices=["inject", "clear", "list"])
@@ -32,20 +46,65 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_check(args) -> int:
+    from .preflight import check
     cfg = config.load(args.config)
+    try:
+        problems = check(cfg, user=args.user, device=not args.no_device)
+    except ValueError as exc:
+        raise config.ConfigError(str(exc)) from None
+    if problems:
+        raise config.ConfigError(f"{args.config}:\n  " + "\n  ".join(map(str, problems)))
     print(f"{args.config}: OK ({cfg.station_id}, broker {cfg.broker!r})")
     return 0
 
 
-def cmd_run(args) -> int:
-    from .agent import Agent
+def cmd_keygen(args) -> int:
+    from .preflight import keygen
     cfg = config.load(args.config)
-    agent = Agent(cfg)
+    path, public, created = keygen(cfg)
+    print(("Đã tạo khóa / key created: " if created else "Khóa đã có / key exists: ") + str(path))
+    print(f"Khóa công khai / public key: {public}")
+    print(f"Ở hub / at the hub: loaxa hub station key {cfg.station_id} {public}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    """Problems that would stop the agent are one line each and exit 2 (under systemd's
+    Restart=always a traceback would loop every few seconds, saying nothing useful). The
+    sound device is not opened here: a station without sound still reports, and raises
+    `audio_device` at its first play."""
+    from hardware import BoardError
+    from .agent import Agent
+    from .preflight import check
+    cfg = config.load(args.config)
+    problems = check(cfg, device=False)
+    if problems:
+        raise config.ConfigError(f"{args.config}: cannot start:\n  "
+                                 + "\n  ".join(map(str, problems)))
+    try:
+        agent = Agent(cfg)
+    except (OSError, ValueError, BoardError) as exc:  # what the checks could not foresee
+        raise config.ConfigError(f"{args.config}: cannot start: {type(exc).__name__}: {exc}") \
+            from None
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     logging.getLogger("loaxa").info("station %s starting", cfg.station_id)
     agent.run(stop)
+    return 0
+
+
+def cmd_status(args) -> int:
+    import json
+    from .status_view import render
+    cfg = config.load(args.config)
+    path = Path(cfg.data_dir) / "status.json"
+    try:
+        st = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise config.ConfigError(f"chưa có trạng thái ({path}): trạm chưa từng chạy? / no status "
+                                 f"yet: has the agent run?") from None
+    print(json.dumps(st, ensure_ascii=False, indent=1) if args.json else render(st))
     return 0
 
 

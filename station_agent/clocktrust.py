@@ -50,6 +50,10 @@ class ClockTrust:
             return self._set(False, f"clock is {behind:.0f}s behind the last trusted time")
         return None
 
+    def distrust(self, detail: str) -> Change | None:
+        """Untrusted until the hub's time says otherwise (a clock alarm held over a restart)."""
+        return self._set(False, detail)
+
     def observe(self, wall: datetime, mono: float) -> Change | None:
         """Each tick: the wall clock must move with the monotonic clock."""
         last, self._last = self._last, (wall, mono)

@@ -33,6 +33,7 @@ class StationConfig:
     clock: str = "system"
     audio_device: str = "default"
     alsa_config: str | None = None
+    stream_ca: str | None = None
     warmup_ms: int = 500
     power_good_timeout_ms: int = 3000
     hardware_backend: str = "simulated"
@@ -71,7 +72,9 @@ def load(path: str | Path) -> StationConfig:
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
+        raise ConfigError(f"{path}: không có tệp / no such file") from None
+    except OSError as exc:  # unreadable for the service user, a folder, …
+        raise ConfigError(f"{path}: {exc.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     base = path.parent
@@ -128,8 +131,6 @@ def load(path: str | Path) -> StationConfig:
         except ValueError as exc:
             errors.append(f"[keys] hub_public: {exc}")
     station_key = base / _get(keys, "station_key", str, errors, "keys", "station.key")
-    if not station_key.is_file():
-        errors.append(f"[keys] station_key: {station_key} does not exist")
     backend = _get(hw, "backend", str, errors, "hardware", "simulated")
     if backend not in ("simulated", "rpigpio", "lgpio"):
         errors.append(f"[hardware] backend = {backend!r}: simulated, rpigpio or lgpio")
@@ -147,6 +148,7 @@ def load(path: str | Path) -> StationConfig:
         prefix=_get(br, "prefix", str, errors, "broker", "loaxa"), broker=broker, clock=clock,
         audio_device=_get(au, "device", str, errors, "audio", "default"),
         alsa_config=rel(_get(au, "alsa_config", str, errors, "audio", None)),
+        stream_ca=rel(_get(au, "stream_ca", str, errors, "audio", None)),
         warmup_ms=_get(au, "warmup_ms", int, errors, "audio", 500),
         volume=float(_get(au, "volume", (int, float), errors, "audio", 1.0) or 0.0),
         stream_stall_s=float(_get(au, "stream_stall_s", (int, float), errors, "audio", 5.0)),

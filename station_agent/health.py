@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -76,7 +77,8 @@ def memory(meminfo: Path = Path("/proc/meminfo")) -> Probe:
 
 
 def modem() -> Probe | None:
-    """4G signal quality from ModemManager, where it is installed (None where it is not)."""
+    """4G signal quality from ModemManager, where it is installed (None where it is not).
+    Blocks up to 5 s: call it through ``ModemProbe``, never from the agent's loop."""
     if not shutil.which("mmcli"):
         return None
     try:
@@ -86,27 +88,66 @@ def modem() -> Probe | None:
         return Probe("modem", "unknown", None, "mmcli did not answer")
     for line in out.splitlines():
         if "signal-quality.value" in line:
-            q = int(line.split(":")[-1].strip() or 0)
+            try:
+                q = int(line.split(":")[-1].strip() or 0)
+            except ValueError:
+                return Probe("modem", "unknown", None, "mmcli gave no signal quality")
             return Probe("modem", "degraded" if q < 15 else "ok", q,
                          f"4G signal {q}%" if q < 15 else "")
     return Probe("modem", "unknown", None, "no modem found")
 
 
+class ModemProbe:
+    """The modem probe on a thread of its own: ``latest()`` never waits for mmcli; it returns
+    the last answer and starts a new reading if none is running."""
+
+    def __init__(self, read: Callable[[], Probe | None] = modem) -> None:
+        self._read = read
+        self._latest: Probe | None = None
+        self._lock = threading.Lock()
+        self._running: threading.Thread | None = None
+
+    def latest(self) -> Probe | None:
+        with self._lock:
+            if self._running is None or not self._running.is_alive():
+                self._running = threading.Thread(target=self._run, name="modem-probe",
+                                                 daemon=True)
+                self._running.start()
+            return self._latest
+
+    def _run(self) -> None:
+        try:
+            found = self._read()
+        except Exception as exc:  # a probe's bug is an unknown reading, not a dead agent
+            found = Probe("modem", "unknown", None, f"modem probe failed: {exc}")
+        with self._lock:
+            self._latest = found
+
+
 class HealthModel:
+    """``held``: probes whose alarm stands from before a restart. Their first reading is
+    reported even when it is healthy, so an alarm whose condition went away while the agent
+    was down is cleared (a model that reports only changes would keep it for ever)."""
+
     def __init__(self, *, debounce: int = 2,
-                 on_change: Callable[[str, str, str], None] | None = None) -> None:
+                 on_change: Callable[[str, str, str], None] | None = None,
+                 held: set[str] | frozenset[str] = frozenset()) -> None:
         self.debounce = debounce
         self.on_change = on_change or (lambda name, status, detail: None)
         self.state: dict[str, Probe] = {}       # the debounced state of each probe
         self._pending: dict[str, tuple[str, int]] = {}
+        self._held = set(held)
 
     def update(self, probes: list[Probe]) -> None:
         for p in probes:
             cur = self.state.get(p.name)
-            if cur is None:  # first reading counts at once
+            if cur is None or (cur.status == "unknown" and p.status != "unknown"):
+                # the first known reading counts at once (unknown neither raises nor clears)
                 self.state[p.name] = p
-                if ORDER[p.status]:
+                if p.status != "unknown" and (ORDER[p.status] or p.name in self._held):
                     self.on_change(p.name, p.status, p.detail)
+                if p.status != "unknown":
+                    self._held.discard(p.name)
                 continue
             if p.status == cur.status:
                 self.state[p.name] = p  # fresh value and detail

@@ -59,6 +59,7 @@ class Runner:
         self._amp_off_at: float | None = None   # monotonic time the held amplifier goes off
         self.selftest_at = time.fromisoformat(selftest_at) if selftest_at else None
         self.live_mic_until: float | None = None  # monotonic end of live-microphone mode
+        self.mic_preempted: str | None = None     # the khẩn cấp occurrence that took the air
         self._programme_version: int | None = None
         self._items: list[Item] = []
         self._quiet: QuietHours | None = None
@@ -66,7 +67,7 @@ class Runner:
         self._checked_saved = -1e9
 
     # -- programme -------------------------------------------------------------------------
-    def _programme(self) -> tuple[list[Item], QuietHours | None]:
+    def programme(self) -> tuple[list[Item], QuietHours | None]:
         active = self.store.active_bundle()
         version = active[0] if active else None
         if version != self._programme_version:
@@ -108,14 +109,22 @@ class Runner:
             if self.current is not None:
                 self._advance(now)
             return
-        items, quiet = self._programme()
+        items, quiet = self.programme()
         self._sweep_missed(items, quiet, now)
-        if self.live_mic_until is not None:  # the microphone holds the air; the schedule waits
-            if self.clock.monotonic() >= self.live_mic_until:
-                self._live_mic_off(now, "timed out")
-            return
         best = next((o for o in startable_at(items, now, quiet=quiet)
                      if self.store.play_state(o.key) is None), None)
+        if self.live_mic_until is not None:  # the microphone holds the air; the schedule waits
+            if best is not None and best.item.priority >= Priority.KHAN_CAP:
+                # ... except for khẩn cấp, which takes the air from the microphone
+                self._live_mic_off(now, "preempted", by=best.key, keep_relay=True)
+                self.mic_preempted = best.key
+                self._start(best, now, relay_already_on=True)
+            elif self.clock.monotonic() >= self.live_mic_until:
+                self._live_mic_off(now, "timed out")
+            return
+        if self.mic_preempted is not None and (self.current is None or
+                                               self.current.occ.key != self.mic_preempted):
+            self.mic_preempted = None  # the emergency that took the microphone's air is over
         cur = self.current
         if cur is None and best is None:
             self._maybe_selftest(now)
@@ -145,6 +154,10 @@ class Runner:
         meta = (active[1] if active else {}).get("content", {}).get(content, {})
         item = Item("local", content, int(meta.get("duration_ms") or 1000), Priority.KHAN_CAP,
                     now, late_start_s=60, title=reason)
+        if self.live_mic_until is not None:
+            # the release would switch the amplifier off under the emergency message
+            self._live_mic_off(now, "preempted", by=reason, keep_relay=True)
+            self.mic_preempted = Occurrence(now, item).key
         if self.current is not None:
             self._end(now, "preempted", f"preempted by {reason}", stop_player=True,
                       keep_relay=True)
@@ -164,11 +177,18 @@ class Runner:
         self.live_mic_until = self.clock.monotonic() + timeout_s
         self.store.event("live_mic", {"on": True, "timeout_s": int(timeout_s)}, now)
 
-    def _live_mic_off(self, now: datetime, how: str) -> None:
+    def _live_mic_off(self, now: datetime, how: str, *, by: str | None = None,
+                      keep_relay: bool = False) -> None:
         self.live_mic_until = None
-        self.board.zones_off()
-        self.board.amp_off()
-        self.store.event("live_mic", {"on": False, "how": how}, now)
+        if not keep_relay:
+            self.board.zones_off()
+            self.board.amp_off()
+        data: dict[str, Any] = {"on": False, "how": how}
+        if by:
+            data["by"] = by
+        self.store.event("live_mic", data, now)
+        if by:
+            log.warning("live microphone preempted by khẩn cấp %s", by)
 
     def _maybe_selftest(self, now: datetime) -> None:
         """Once a day at ``selftest_at`` (local): relay, amplifier and zones exercised with no
@@ -181,14 +201,26 @@ class Runner:
         key = f"selftest@{local:%Y%m%d}"
         if self.store.play_state(key) is not None:
             return
-        start = datetime.combine(local.date(), self.selftest_at, TZ)
-        item = Item("selftest", "", 1000, Priority.THONG_THUONG, start, title="silent self-test")
-        occ = Occurrence(start, item)
+        self._selftest(key, datetime.combine(local.date(), self.selftest_at, TZ), now,
+                       "silent self-test")
+
+    def selftest_now(self, why: str) -> bool:
+        """A silent self-test at once (after a restart with a relay or amplifier alarm held),
+        unless the air is busy."""
+        if self.current is not None or self.live_mic_until is not None:
+            return False
+        now = self.clock.now()
+        self._selftest(f"selftest@{now:%Y%m%dT%H%M%SZ}", now, now, f"silent self-test: {why}")
+        return True
+
+    def _selftest(self, key: str, start: datetime, now: datetime, title: str) -> None:
+        item = Item("selftest", "", 1000, Priority.THONG_THUONG, start, title=title)
         self.store.start_play(key, "selftest", "", start, now)
         self._amp_off_at = None
         if not self.board.amp_relay_on:
             self.board.amp_on()
-        self.current = _Current(occ, now, self.clock.monotonic(), selftest=True, key=key)
+        self.current = _Current(Occurrence(start, item), now, self.clock.monotonic(),
+                                selftest=True, key=key)
 
     def _sweep_missed(self, items: list[Item], quiet: QuietHours | None, now: datetime) -> None:
         """Record once, as missed, every occurrence whose late-start window closed without it
@@ -221,6 +253,12 @@ class Runner:
         self._begin(occ, now, relay_already_on)
 
     def _begin(self, occ: Occurrence, now: datetime, relay_already_on: bool = False) -> None:
+        bad = None if occ.item.stream else self.store.verify_audio(occ.item.content)
+        if bad:  # changed on disk since it was verified: never put it on air
+            self.store.start_play(occ.key, occ.item.id, occ.item.content, occ.start, now)
+            self.current = _Current(occ, now, self.clock.monotonic())
+            self._fail(now, "audio", bad, "audio_corrupt")
+            return
         self.store.start_play(occ.key, occ.item.id, occ.item.content, occ.start, now)
         mono = self.clock.monotonic()
         self._amp_off_at = None
@@ -361,6 +399,8 @@ class Runner:
         cur = self.current
         return {
             "programme_version": self._programme_version,
+            "live_mic": self.live_mic_until is not None,
+            "mic_preempted_by": self.mic_preempted,
             "relay": self.board.amp_relay_on, "power_good": self.board.amp_power_good,
             "on_air": cur is not None and cur.playback is not None,
             "playing": cur.occ.key if cur and cur.playback is not None else None,

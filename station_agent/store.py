@@ -63,10 +63,13 @@ class StationStore:
         rows = self.db.execute("SELECT key, value FROM meta WHERE key LIKE 'count.%'")
         return {k[6:]: int(v) for k, v in rows.fetchall()}
 
-    def next_bdseq(self) -> int:
+    def next_bdseq_epoch(self) -> int:
+        """Once per process start, on the owning thread: the link numbers its connection
+        attempts within this epoch, so bdseq grows across restarts without paho's thread
+        ever writing here."""
         with self._lock, write(self.db):
-            n = int(self.get("bdseq", "0")) + 1
-            self.put("bdseq", n)
+            n = int(self.get("bdseq.epoch", "0")) + 1
+            self.put("bdseq.epoch", n)
             return n
 
     # -- outbox ----------------------------------------------------------------------------
@@ -168,6 +171,24 @@ class StationStore:
             f.flush()
             os.fsync(f.fileno())
             return f.tell()
+
+    def verify_audio(self, sha: str) -> str | None:
+        """Check a stored file against its name before it goes on air; None if it is intact,
+        else why not (the file is then dropped, so it is fetched again)."""
+        import hashlib
+        h = hashlib.sha256()
+        try:
+            with open(self.audio_path(sha), "rb") as f:
+                for block in iter(lambda: f.read(1 << 16), b""):
+                    h.update(block)
+        except OSError as exc:
+            return f"audio {sha[:12]} cannot be read: {exc.strerror}"
+        if h.hexdigest() == sha:
+            return None
+        with self._lock, write(self.db):
+            self.db.execute("DELETE FROM audio WHERE sha = ?", [sha])
+        self.audio_path(sha).unlink(missing_ok=True)
+        return f"audio {sha[:12]} changed on disk (hash {h.hexdigest()[:12]}): dropped"
 
     def discard_part(self, sha: str) -> None:
         self.part_path(sha).unlink(missing_ok=True)
