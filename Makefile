@@ -19,7 +19,7 @@ bench: setup
 
 # Re-pin after changing dependencies (no URLs are written; uv.lock is not committed).
 lock:
-	uv pip compile --universal pyproject.toml --extra dev \
+	uv pip compile --universal pyproject.toml --extra dev --extra pi \
 	  --override requirements/overrides.txt -o requirements/lock.txt --python-version 3.11
 
 clean:

@@ -18,12 +18,21 @@ def build() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loaxa", description="loaxa: loa xã, the commune "
                                      "loudspeaker: offline-first broadcast for commune radio")
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--version", action="version", version=f"loaxa {version()}")
     sub = parser.add_subparsers(dest="cmd", required=True)
     hub_cli.register(sub)
     agent_cli.register(sub)
     audio_cli.register(sub)
     demo.register(sub)
     return parser
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError, version as dist_version
+    try:
+        return dist_version("loaxa")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "0+source"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,7 +59,8 @@ def _read_status(path: Path) -> dict:
 
 def cmd_demo(args) -> int:
     from hub import config as hubconfig
-    from hub.admin import add_content_text, add_station, announce, init_hub
+    from hub.admin import add_content_text, announce, init_hub
+    from .local import add_local_station
     from hub.store import HubStore
     from schedules import Priority
 
@@ -85,8 +86,8 @@ def cmd_demo(args) -> int:
             sdir = work / "stations" / sid
             sdir.mkdir(parents=True, exist_ok=True)
             (sdir / "sink.conf").write_text(file_sink_config(sdir / "sink.wav"))
-            add_station(cfg, sid, name=name, groups=["demo"], out=sdir,
-                        audio_device="loaxa_sink", alsa_config="sink.conf")
+            add_local_station(cfg, sid, name=name, groups=["demo"], out=sdir,
+                              audio_device="loaxa_sink", alsa_config="sink.conf")
         store = HubStore(cfg.db_path)
         content = add_content_text(store, args.text, title="Bản tin thử nghiệm",
                                    now=clock.now(), timeout=3.0)

@@ -2,16 +2,20 @@
 schedule, report status. The CLI (`hub/cli.py`), the demo and the tests call these."""
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import tempfile
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 from audio import AudioError, prepare, synthesize
 from protocol.clock import iso, make_clock, parse_iso
-from protocol.envelope import Signer, public_to_text
+from protocol.envelope import Signer, public_from_text, public_to_text
 from protocol.topics import BadIdentifier, check_id
-from schedules import Item, Priority
+from schedules import Item, Priority, next_start
 from schedules.model import ScheduleError
 
 from . import config as hubconfig
@@ -49,29 +53,36 @@ def init_hub(home: Path, *, broker_host: str, broker_port: int, prefix: str = "l
     return signer
 
 
+def _check_public(text: str) -> str:
+    try:
+        return public_to_text(public_from_text(text))
+    except ValueError as exc:
+        raise HubError(f"khóa công khai không hợp lệ / bad public key: {exc}") from None
+
+
 def add_station(cfg: hubconfig.HubConfig, sid: str, *, name: str, groups: list[str],
                 out: Path, audio_device: str = "default", alsa_config: str | None = None,
-                clock: str = "system") -> Path:
-    """Register a station and write its enrolment folder: station.toml and station.key."""
+                clock: str = "system", public_key: str | None = None) -> Path:
+    """Register a station and write its enrolment folder (station.toml). The station makes
+    its own signing key (`loaxa agent keygen`); the hub records only the public key, given
+    here or later with ``set_station_key``. Until then the hub refuses its messages."""
     try:
         check_id(sid, "station")
         for g in groups:
             check_id(g, "group")
     except BadIdentifier as exc:
         raise HubError(str(exc)) from None
+    public = _check_public(public_key) if public_key else None
     hub = Signer.load(cfg.key_path, cfg.hub_id)
-    station = Signer.generate(f"station:{sid}")
     store = HubStore(cfg.db_path)
     try:
         try:
-            store.add_station(sid, name, public_to_text(station.public), groups,
-                              make_clock(cfg.clock).now())
+            store.add_station(sid, name, public, groups, make_clock(cfg.clock).now())
         except ValueError as exc:
             raise HubError(str(exc)) from None
     finally:
         store.close()
     out.mkdir(parents=True, exist_ok=True)
-    station.save(out / "station.key")
     b = cfg.broker
     text = "\n".join([
         "[station]", f"id = {json.dumps(sid)}", f"name = {json.dumps(name, ensure_ascii=False)}",
@@ -88,10 +99,65 @@ def add_station(cfg: hubconfig.HubConfig, sid: str, *, name: str, groups: list[s
     return out / "station.toml"
 
 
-def add_content_file(store: HubStore, path: Path, *, title: str, now, text: str = "",
-                     engine: str = "upload") -> dict:
+def set_station_key(cfg: hubconfig.HubConfig, sid: str, public_key: str) -> None:
+    """Record the public key a station made for itself (`loaxa agent keygen`)."""
+    public = _check_public(public_key)
+    store = HubStore(cfg.db_path)
     try:
-        p = prepare(path)
+        if store.station(sid) is None:
+            raise HubError(f"trạm {sid!r} không có / no station {sid!r}")
+        store.set_station_key(sid, public)
+    finally:
+        store.close()
+
+
+# -- is `hub serve` running? ----------------------------------------------------------------
+
+def _lock_path(db_path: Path) -> Path:
+    return Path(db_path).parent / "serve.lock"
+
+
+@contextmanager
+def serving(db_path: Path) -> Iterator[None]:
+    """Held by `hub serve` while it runs, so the CLI can tell whether what it stores will be
+    sent (an advisory lock: it goes away with the process, however that ends)."""
+    fd = os.open(_lock_path(db_path), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise HubError("hub đã đang chạy / this hub is already being served") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+def is_serving(db_path: Path) -> bool:
+    try:
+        fd = os.open(_lock_path(db_path), os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+NOT_SERVING = ("Chú ý: hub chưa chạy (`loaxa hub serve`), nên chưa gửi gì tới các trạm. / "
+               "Note: the hub is not serving, so nothing is sent to stations until "
+               "`loaxa hub serve` runs.")
+
+
+def add_content_file(store: HubStore, path: Path, *, title: str, now, text: str = "",
+                     engine: str = "upload", label: str | None = None,
+                     progress: Callable[[str, float], None] | None = None) -> dict:
+    try:
+        p = prepare(path, label=label, progress=progress)
     except AudioError as exc:
         raise HubError(str(exc)) from None
     store.add_content(sha=p.sha256, data=p.data, title=title, source=path.name, text=text,
@@ -100,7 +166,8 @@ def add_content_file(store: HubStore, path: Path, *, title: str, now, text: str 
 
 
 def add_content_text(store: HubStore, text: str, *, title: str, now, engine: str = "auto",
-                     timeout: float = 10.0) -> dict:
+                     timeout: float = 10.0,
+                     progress: Callable[[str, float], None] | None = None) -> dict:
     try:
         speech = synthesize(text, engine=engine, timeout=timeout,
                             cache_dir=store.path.parent / "tts-cache")
@@ -110,7 +177,8 @@ def add_content_text(store: HubStore, text: str, *, title: str, now, engine: str
         f.write(speech.data)
         f.flush()
         return add_content_file(store, Path(f.name), title=title, now=now, text=speech.text,
-                                engine=speech.engine)
+                                engine=speech.engine, progress=progress,
+                                label=f"giọng đọc {speech.engine} / speech from {speech.engine}")
 
 
 def find_content(store: HubStore, ref: str) -> dict:
@@ -150,6 +218,8 @@ def announce(store: HubStore, *, content: dict, when, priority: Priority, target
              late_start_s=late_start_s, stream=stream)
     except ScheduleError as exc:
         raise HubError(str(exc)) from None
+    first_start(when, rrule=rrule, valid_from=valid_from, valid_until=valid_until,
+                late_start_s=late_start_s, now=now)  # refuses what could never play
     store.add_item({"id": item_id, "content_sha": content["sha"], "title": title or content["title"],
                     "priority": int(priority), "start": iso(when), "rrule": rrule,
                     "valid_from": iso(valid_from) if valid_from else None,
@@ -158,6 +228,23 @@ def announce(store: HubStore, *, content: dict, when, priority: Priority, target
                     "cancelled_at": None, "stream": stream,
                     "duration_ms": duration_ms if stream else None})
     return item_id
+
+
+def first_start(when, *, rrule: str | None, now, valid_from=None, valid_until=None,
+                late_start_s: int = 300):
+    """When the item will first play; a HubError if it never can (a start time that has
+    passed, a campaign that has ended)."""
+    from .display import show
+    item = Item("check", "0" * 64, 1000, Priority.THONG_THUONG, when, rrule=rrule,
+                valid_from=valid_from, valid_until=valid_until, late_start_s=late_start_s)
+    first = next_start(item, now)
+    if first is None:
+        if rrule:
+            raise HubError(f"lịch lặp này không còn lần phát nào sau {show(now)} / this "
+                           f"recurring item has no occurrence left")
+        raise HubError(f"thời điểm {show(when)} đã qua (bây giờ là {show(now)}): không bao giờ "
+                       f"phát / the start time has passed and would never play")
+    return first
 
 
 def parse_duration(text: str) -> int:
@@ -177,15 +264,35 @@ def _health(s: dict, now) -> str | None:
     return "silent" if late > 3 * (s.get("heartbeat_s") or 60) else s.get("health")
 
 
-def status_rows(store: HubStore, now=None) -> list[dict]:
+STALE_AFTER_S = 30  # the hub's heartbeat (`serve.alive_at`) is written every 5 s
+
+
+def hub_view(store: HubStore, now) -> dict:
+    """Whether `hub serve` runs, how old what it knows is, and why it cannot reach the broker
+    if it cannot."""
+    alive = store.setting("serve.alive_at")
+    age = (now - parse_iso(alive)).total_seconds() if alive else None
+    serving = is_serving(store.path)
+    failure = json.loads(store.setting("link.failure") or "null")
+    return {"serving": serving, "alive_at": alive, "age_s": age, "link_failure": failure,
+            "fresh": serving and age is not None and age <= STALE_AFTER_S}
+
+
+def status_rows(store: HubStore, now=None, view: dict | None = None) -> list[dict]:
+    """Each station as the hub knows it. When the hub is not serving (or its data is stale)
+    presence is ``unknown``: the last known state is shown, never passed off as live."""
     now = now or make_clock(None).now()
+    view = view or hub_view(store, now)
     rows = []
     for st in store.stations():
         s = store.state(st["id"]) or {}
+        presence = ("online" if s.get("online") else "offline") if view["fresh"] else "unknown"
         latest = store.latest_bundle(st["id"])
         last = store.q("SELECT * FROM playbacks WHERE station_id = ? ORDER BY seq DESC LIMIT 1",
                        [st["id"]])
         rows.append({"id": st["id"], "name": st["name"], "online": bool(s.get("online")),
+                     "presence": presence, "key": bool(st.get("public_key")),
+                     "live_mic": bool(s.get("live_mic")),
                      "since": s.get("since"), "desired": latest["version"] if latest else 0,
                      "active": s.get("active_version") or 0,
                      "missing": [m for m in (s.get("missing") or "").split(",") if m],

@@ -5,6 +5,7 @@ import argparse
 import json
 import logging
 import signal
+import sys
 import threading
 from contextlib import contextmanager
 from datetime import time as dtime
@@ -18,15 +19,26 @@ from schedules import Item, Priority
 from schedules.model import ScheduleError
 
 from . import config as hubconfig
-from .admin import (EVERY, add_content_file, add_content_text, add_station, announce,
-                    check_target, find_content, init_hub, parse_duration, status_rows)
+from .admin import (EVERY, NOT_SERVING, add_content_file, add_content_text, add_station,
+                    announce, check_target, find_content, first_start, hub_view, init_hub,
+                    is_serving, parse_duration, serving, set_station_key, status_rows)
 from .config import HubError
-from .display import ALARMS_VI, parse_date, parse_when, render_status, show
+from .display import ALARMS_VI, parse_date, parse_when, render_hub, render_status, show
 from .link import HubLink
 from .store import HubStore
 
 
 # -- argparse wiring -------------------------------------------------------------------------
+
+_HOME = argparse.ArgumentParser(add_help=False)
+_HOME.add_argument("--home", type=Path, default=argparse.SUPPRESS,
+                   help="hub folder (also accepted before the subcommand)")
+
+
+def _leaf(subparsers, name: str, **kw) -> argparse.ArgumentParser:
+    """A subcommand that accepts ``--home`` after its name as well as before it."""
+    return subparsers.add_parser(name, parents=[_HOME], **kw)
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     hub = sub.add_parser("hub", help="the district/province hub")
@@ -34,30 +46,36 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="hub folder (default $LOAXA_HUB_HOME or ~/.local/share/loaxa/hub)")
     hs = hub.add_subparsers(dest="hub_cmd", required=True)
 
-    p = hs.add_parser("init", help="create the database and the hub's signing key")
+    p = _leaf(hs, "init", help="create the database and the hub's signing key")
     p.add_argument("--broker-host", default="127.0.0.1")
     p.add_argument("--broker-port", type=int, default=1883)
     p.add_argument("--prefix", default="loaxa")
     p.add_argument("--quiet-hours", help="HH:MM-HH:MM in which only khẩn cấp plays")
     p.set_defaults(fn=cmd_init)
 
-    p = hs.add_parser("station", help="stations")
+    p = _leaf(hs, "station", help="stations")
     ss = p.add_subparsers(dest="station_cmd", required=True)
-    a = ss.add_parser("add", help="register a station and write its enrolment folder")
+    a = _leaf(ss, "add", help="register a station and write its enrolment folder")
     a.add_argument("id")
     a.add_argument("--name", required=True)
     a.add_argument("--group", action="append", default=[])
     a.add_argument("--out", type=Path, help="enrolment folder (default HOME/stations/ID)")
+    a.add_argument("--public-key", help="the station's public key (`loaxa agent keygen`), "
+                   "if it already has one")
     a.set_defaults(fn=cmd_station_add)
+    a = _leaf(ss, "key", help="record the public key a station made (`loaxa agent keygen`)")
+    a.add_argument("id")
+    a.add_argument("public_key")
+    a.set_defaults(fn=cmd_station_key)
 
-    p = hs.add_parser("content", help="audio content")
+    p = _leaf(hs, "content", help="audio content")
     cs = p.add_subparsers(dest="content_cmd", required=True)
-    a = cs.add_parser("add", help="prepare an audio file and store it by SHA-256")
+    a = _leaf(cs, "add", help="prepare an audio file and store it by SHA-256")
     a.add_argument("file", type=Path)
     a.add_argument("--title")
     a.set_defaults(fn=cmd_content_add)
 
-    p = hs.add_parser("announce", help="schedule content or spoken text")
+    p = _leaf(hs, "announce", help="schedule content or spoken text")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--content", help="content SHA-256 (a unique prefix is enough)")
     what.add_argument("--text", help="Vietnamese text, spoken by TTS")
@@ -76,25 +94,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--for", dest="duration", help="how long to relay: 90s, 15m, 2h")
     p.set_defaults(fn=cmd_announce)
 
-    p = hs.add_parser("status", help="every station's state")
+    p = _leaf(hs, "status", help="every station's state")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_status)
 
-    p = hs.add_parser("serve", help="run the hub")
+    p = _leaf(hs, "serve", help="run the hub")
     p.set_defaults(fn=cmd_serve)
 
-    p = hs.add_parser("alarm", help="alarms: list, acknowledge")
+    p = _leaf(hs, "acl", help="print the broker's ACL for this hub's topic prefix")
+    p.set_defaults(fn=cmd_acl)
+
+    p = _leaf(hs, "alarm", help="alarms: list, acknowledge")
     al = p.add_subparsers(dest="alarm_cmd", required=True)
-    a = al.add_parser("list", help="open alarms (--all: with the cleared ones)")
+    a = _leaf(al, "list", help="open alarms (--all: with the cleared ones)")
     a.add_argument("--all", action="store_true")
     a.set_defaults(fn=cmd_alarm_list)
-    a = al.add_parser("ack", help="acknowledge an alarm with a note")
+    a = _leaf(al, "ack", help="acknowledge an alarm with a note")
     a.add_argument("id", type=int)
     a.add_argument("--by", required=True, help="who acknowledges (the duty officer)")
     a.add_argument("--note", required=True)
     a.set_defaults(fn=cmd_alarm_ack)
 
-    p = hs.add_parser("heightened", help="a heightened period (election, holiday, storm)")
+    p = _leaf(hs, "heightened", help="a heightened period (election, holiday, storm)")
     p.add_argument("--to", required=True, help="all, group:ID or station:ID")
     p.add_argument("--from", dest="start", required=True, help="dd/mm/yyyy HH:MM")
     p.add_argument("--until", dest="end", required=True, help="dd/mm/yyyy HH:MM")
@@ -103,7 +124,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--selftest", default="05:00", help="daily self-test time (default 05:00)")
     p.set_defaults(fn=cmd_heightened)
 
-    p = hs.add_parser("emergency", help="the message a station's emergency button plays")
+    p = _leaf(hs, "emergency", help="the message a station's emergency button plays")
     p.add_argument("--to", default="all", help="all or station:ID")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--content")
@@ -121,9 +142,25 @@ def cmd_init(args) -> int:
 def cmd_station_add(args) -> int:
     cfg = hubconfig.load(args.home)
     out = args.out or args.home / "stations" / args.id
-    path = add_station(cfg, args.id, name=args.name, groups=args.group, out=out)
+    path = add_station(cfg, args.id, name=args.name, groups=args.group, out=out,
+                       public_key=args.public_key)
     print(f"Đã thêm trạm {args.id}; gói đăng ký / enrolment: {path.parent}")
+    if not args.public_key:
+        print(f"Trên trạm chạy / on the station run: loaxa agent keygen --config station.toml\n"
+              f"rồi ở hub / then here: loaxa hub station key {args.id} <khóa công khai / "
+              f"public key>")
     return 0
+
+
+def cmd_station_key(args) -> int:
+    set_station_key(hubconfig.load(args.home), args.id, args.public_key)
+    print(f"Đã ghi khóa công khai của trạm {args.id} / public key recorded")
+    return 0
+
+
+def _warn_if_not_serving(store: HubStore) -> None:
+    if not is_serving(store.path):
+        print(NOT_SERVING, file=sys.stderr)
 
 
 @contextmanager
@@ -140,7 +177,7 @@ def _open(args):
 def cmd_content_add(args) -> int:
     with _open(args) as (cfg, store, now):
         c = add_content_file(store, args.file, title=args.title or args.file.stem,
-                             now=now)
+                             now=now, progress=progress_printer())
     print(f"{c['sha']}  {c['duration_ms'] / 1000:.1f} s  {c['size']} B  {c['title']}")
     return 0
 
@@ -166,25 +203,47 @@ def cmd_announce(args) -> int:
                  stream=args.stream)
         except ScheduleError as exc:
             raise HubError(str(exc)) from None
-        if args.text:
+        rrule = EVERY.get(args.every, args.every) if args.every else None
+        first = first_start(when, rrule=rrule, valid_from=vf, valid_until=vu,
+                            late_start_s=args.late_start, now=now)
+        if args.text is not None:
+            if not args.text.strip():
+                raise HubError("văn bản trống: không có gì để đọc / the text is empty")
             content = add_content_text(store, args.text, title=args.title or args.text[:60],
-                                       now=now, engine=args.tts)
+                                       now=now, engine=args.tts, progress=progress_printer())
         else:
             content = find_content(store, args.content)
         item = announce(store, content=content, when=when, priority=priority, target=target,
                         every=args.every, valid_from=vf, valid_until=vu,
                         late_start_s=args.late_start, title=args.title, now=now,
                         stream=args.stream, duration_ms=duration)
-    print(f"Đã lên lịch {item}: {show(when)} ({priority.label_vi}) → {target}")
+        print(f"Đã lên lịch {item}: {show(when)} ({priority.label_vi}) → {target}")
+        if rrule and first != when:
+            print(f"Lần phát đầu tiên / first occurrence: {show(first)}")
+        _warn_if_not_serving(store)
     return 0
+
+
+def progress_printer():
+    """Long work says how far it has got, on stderr (a 2-hour recording takes minutes)."""
+    last: list = [None]
+
+    def show_progress(phase: str, fraction: float) -> None:
+        pct = int(fraction * 100)
+        if (phase, pct // 10) != last[0]:
+            last[0] = (phase, pct // 10)
+            print(f"  {phase}: {pct}%", file=sys.stderr, flush=True)
+    return show_progress
 
 
 def cmd_status(args) -> int:
     with _open(args) as (cfg, store, now):
-        rows = status_rows(store, now)
+        view = hub_view(store, now)
+        rows = status_rows(store, now, view)
     if args.json:
-        print(json.dumps(rows, ensure_ascii=False, indent=1))
+        print(json.dumps({"hub": view, "stations": rows}, ensure_ascii=False, indent=1))
     else:
+        print(render_hub(view))
         print(render_status(rows))
     return 0
 
@@ -230,8 +289,9 @@ def cmd_heightened(args) -> int:
                                            "heartbeat_s": args.heartbeat,
                                            "selftest_at": args.selftest,
                                            "created_at": iso(now)})
-    print(f"Giai đoạn cao điểm / heightened: {target} {show(start)} → {show(end)} "
-          f"({args.reason}); nhịp tim {args.heartbeat} s, tự kiểm tra {args.selftest}")
+        print(f"Giai đoạn cao điểm / heightened: {target} {show(start)} → {show(end)} "
+              f"({args.reason}); nhịp tim {args.heartbeat} s, tự kiểm tra {args.selftest}")
+        _warn_if_not_serving(store)
     return 0
 
 
@@ -244,19 +304,29 @@ def cmd_emergency(args) -> int:
             if args.text else find_content(store, args.content)
         key = "emergency:all" if target == "all" else f"emergency:{target.split(':', 1)[1]}"
         store.set_setting(key, content["sha"])
-    print(f"Tin khẩn cấp tại chỗ / local emergency message for {target}: {content['sha'][:12]}")
+        print(f"Tin khẩn cấp tại chỗ / local emergency message for {target}: "
+              f"{content['sha'][:12]}")
+        _warn_if_not_serving(store)
+    return 0
+
+
+def cmd_acl(args) -> int:
+    from deploy.mosquitto_conf import render_acl
+    print(render_acl(hubconfig.load(args.home).prefix), end="")
     return 0
 
 
 def cmd_serve(args) -> int:
     with _open(args) as (cfg, store, _):
-        svc = HubLink(store=store, signer=Signer.load(cfg.key_path, cfg.hub_id),
-                      topics=Topics(cfg.prefix), broker=cfg.broker,
-                      clock=make_clock(cfg.clock), quiet=cfg.quiet)
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-        logging.getLogger("loaxa").info("hub serving %s on %r", args.home, cfg.broker)
-        svc.run(stop)
+        with serving(cfg.db_path):
+            svc = HubLink(store=store, signer=Signer.load(cfg.key_path, cfg.hub_id),
+                          topics=Topics(cfg.prefix), broker=cfg.broker,
+                          clock=make_clock(cfg.clock), quiet=cfg.quiet,
+                          offline_alarm_s=cfg.offline_alarm_s)
+            stop = threading.Event()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: stop.set())
+            logging.getLogger("loaxa").info("hub serving %s on %r", args.home, cfg.broker)
+            svc.run(stop)
     return 0
 

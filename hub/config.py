@@ -30,6 +30,7 @@ class HubConfig:
     clock: str
     broker: BrokerConfig
     quiet: QuietHours | None
+    offline_alarm_s: int = 300  # a station offline longer than this is an alarm
 
     @property
     def db_path(self) -> Path:
@@ -72,11 +73,27 @@ def load(home: Path) -> HubConfig:
         clock = "file:" + str(home / clock[5:])
     pw = None
     if br.get("password_file"):
-        pw = (home / br["password_file"]).read_text().strip()
+        try:
+            pw = (home / br["password_file"]).read_text().strip()
+        except OSError as exc:
+            raise HubError(f"{path}: [broker] password_file: {exc.strerror}") from None
+    tls = {}
+    for k in ("tls_ca", "tls_cert", "tls_key"):  # relative to the hub's folder
+        if br.get(k):
+            f = home / br[k]
+            if not f.is_file():
+                raise HubError(f"{path}: [broker] {k} = {br[k]!r}: không có tệp / no such file")
+            tls[k] = str(f)
+    if (tls.get("tls_cert") is None) != (tls.get("tls_key") is None) or \
+            (tls.get("tls_cert") and not tls.get("tls_ca")):
+        raise HubError(f"{path}: [broker] tls_cert and tls_key go together, with tls_ca")
     broker = BrokerConfig(host=br.get("host", "127.0.0.1"), port=int(br.get("port", 1883)),
                           keepalive=int(br.get("keepalive", 30)),
                           protocol=str(br.get("protocol", "5")),
-                          tls_ca=br.get("tls_ca"), tls_cert=br.get("tls_cert"),
-                          tls_key=br.get("tls_key"), username=br.get("username"), password=pw)
+                          username=br.get("username"), password=pw, **tls)
     quiet = parse_quiet(hub["quiet_hours"]) if hub.get("quiet_hours") else None
-    return HubConfig(home, hub.get("id", "hub"), hub.get("prefix", "loaxa"), clock, broker, quiet)
+    grace = hub.get("offline_alarm_s", 300)
+    if not isinstance(grace, int) or grace < 10:
+        raise HubError(f"{path}: [hub] offline_alarm_s = {grace!r}: whole seconds, at least 10")
+    return HubConfig(home, hub.get("id", "hub"), hub.get("prefix", "loaxa"), clock, broker, quiet,
+                     grace)

@@ -10,6 +10,7 @@ from schedules import TZ
 from .config import HubError
 
 _REL = re.compile(r"^\+(\d+)\s*([smh])$")
+_HOUR_H = re.compile(r"(\d{1,2})\s*[hg]\s*(\d{2})?$")  # 6h30, 6h, 6g30: as Vietnamese write
 _UNITS = {"s": 1, "m": 60, "h": 3600}
 
 
@@ -24,6 +25,8 @@ def parse_when(text: str, now: datetime) -> datetime:
     """``dd/mm/yyyy HH:MM[:SS]``, ``HH:MM`` (the next such time), ``+30s``/``+5m``/``+2h``,
     or ``now``; local time (Asia/Ho_Chi_Minh)."""
     t = text.strip()
+    # "6h30" and "6:30" are the same time
+    t = _HOUR_H.sub(lambda m: f"{int(m.group(1)):02d}:{m.group(2) or '00'}", t)
     if t == "now":
         return now
     m = _REL.match(t)
@@ -42,8 +45,8 @@ def parse_when(text: str, now: datetime) -> datetime:
         local = now.astimezone(TZ)
         cand = local.replace(hour=tm.hour, minute=tm.minute, second=tm.second, microsecond=0)
         return cand if cand > local else cand + timedelta(days=1)
-    raise HubError(f"thời điểm {text!r} không hợp lệ / bad time: use dd/mm/yyyy HH:MM, HH:MM "
-                   f"or +30s")
+    raise HubError(f"thời điểm {text!r} không hợp lệ: dùng dd/mm/yyyy HH:MM, HH:MM, 6h30 hoặc +30s"
+                   f" / bad time: use dd/mm/yyyy HH:MM, HH:MM, 6h30 or +30s")
 
 
 def parse_date(text: str, *, end: bool = False) -> datetime:
@@ -56,7 +59,50 @@ def parse_date(text: str, *, end: bool = False) -> datetime:
 
 OUTCOMES_VI = {"played": "đã phát", "failed": "lỗi phát", "missed": "bỏ lỡ",
                "preempted": "bị ngắt (ưu tiên cao hơn)", "interrupted": "bị gián đoạn",
-               "started": "đang phát", "fallback": "phát dự phòng (tiếp âm lỗi)"}
+               "started": "đang phát", "fallback": "phát dự phòng (tiếp âm lỗi)",
+               "stopped": "đã dừng", "passed": "tự kiểm tra đạt"}
+
+CAUSES_VI = {"unreachable": "không tới được broker", "tls_expected": "broker đòi TLS",
+             "tls_unexpected": "broker không dùng TLS ở cổng này",
+             "certificate_refused": "broker từ chối chứng chỉ",
+             "broker_untrusted": "chứng chỉ của broker không được tin cậy",
+             "not_authorised": "không được phép (ACL của broker)",
+             "refused": "broker từ chối kết nối", "lost": "mất kết nối tới broker"}
+
+
+def render_hub(view: dict) -> str:
+    """The first line of `hub status`: is the hub serving, how fresh is what it shows."""
+    if not view["serving"]:
+        when = (f"dữ liệu cập nhật lần cuối {show(view['alive_at'])} "
+                f"({_ago(view['age_s'])} trước)" if view["alive_at"] else "chưa từng chạy")
+        line = (f"Hub: KHÔNG CHẠY (`loaxa hub serve`) — {when}; trạng thái kết nối của các trạm "
+                f"không rõ. / The hub is not serving: presence below is unknown.")
+    elif not view["fresh"]:
+        line = (f"Hub: đang chạy nhưng không cập nhật từ {show(view['alive_at'])} "
+                f"({_ago(view['age_s'])}) — trạng thái trạm không rõ. / stale")
+    else:
+        line = "Hub: đang chạy / serving"
+    f = view.get("link_failure")
+    if f:
+        line += (f"\nBroker: {CAUSES_VI.get(f['cause'], f['cause'])} từ {show(f['since'])} — "
+                 f"{f['detail']}")
+    return line
+
+
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    s = int(seconds)
+    if s < 120:
+        return f"{s} giây"
+    if s < 7200:
+        return f"{s // 60} phút"
+    if s < 172800:
+        return f"{s // 3600} giờ"
+    return f"{s // 86400} ngày"
+
+
+PRESENCE_VI = {"online": "trực tuyến", "offline": "mất kết nối", "unknown": "không rõ"}
 
 
 def outcome_vi(outcome: str | None) -> str:
@@ -70,7 +116,8 @@ def render_status(rows: list[dict]) -> str:
     for r in rows:
         lp = r["last_play"]
         table.append([
-            r["id"], r["name"], "trực tuyến" if r["online"] else "mất kết nối", show(r["since"]),
+            r["id"], r["name"], PRESENCE_VI[r["presence"]] + (" · micro" if r["live_mic"] else "")
+            + ("" if r["key"] else " · chưa có khóa"), show(r["since"]),
             HEALTH_VI.get(r["health"] or "", "—"),
             f"{r['desired']}/{r['active']}", str(len(r["missing"])),
             "đúng" if r["clock_trusted"] else "SAI", str(r["outbox"]),
@@ -104,4 +151,6 @@ ALARMS_VI = {"clock": "đồng hồ sai", "disk_full": "đầy bộ nhớ",
              "health.disk": "sắp đầy bộ nhớ", "health.memory": "thiếu bộ nhớ",
              "health.cpu_temp": "CPU quá nóng", "health.link": "mất kết nối",
              "health.clock": "đồng hồ sai", "health.audio_device": "lỗi thiết bị âm thanh",
-             "health.modem": "sóng 4G yếu", "emergency_message": "chưa có tin khẩn cấp"}
+             "health.modem": "sóng 4G yếu", "emergency_message": "chưa có tin khẩn cấp",
+             "offline": "trạm mất kết nối", "audio_corrupt": "tệp âm thanh hỏng",
+             "link": "mất kết nối"}

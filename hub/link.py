@@ -15,6 +15,7 @@ from protocol import chunks
 from protocol.clock import Clock, iso, parse_iso
 from protocol.envelope import KeyRing, Reason, Refused, Signer, public_from_text, seal, verify
 from protocol.mqtt import BrokerConfig, Inbound, MqttLink, Will
+from protocol.storage import write
 from protocol.topics import Topics
 from schedules.model import QuietHours
 
@@ -24,13 +25,18 @@ from .store import HubStore
 log = logging.getLogger("loaxa.hub")
 MAX_EVENTS_PER_REPORT = 500
 REPLAN_EVERY_S = 30.0
+WATCH_EVERY_S = 5.0   # presence alarms and the serving heartbeat
 _CONNECTED = Inbound("$local/connected", b"", False)
 
 
 class HubLink:
     def __init__(self, *, store: HubStore, signer: Signer, topics: Topics, broker: BrokerConfig,
-                 clock: Clock, quiet: QuietHours | None = None) -> None:
+                 clock: Clock, quiet: QuietHours | None = None,
+                 offline_alarm_s: float = 300.0) -> None:
         self.store = store
+        self.offline_alarm_s = offline_alarm_s
+        self._watched = -1e9
+        self._failure_shown: object = ()
         self.signer = signer
         self.topics = topics
         self.clock = clock
@@ -45,6 +51,7 @@ class HubLink:
         self.link = MqttLink(
             client_id=f"hub-{signer.sender}", broker=broker,
             subscriptions=topics.hub_subscriptions(), will=self._will,
+            bdseq_epoch=store.next_bdseq_epoch(),
             on_connected=lambda _: self.link.inbox.put(_CONNECTED),
         )
 
@@ -84,6 +91,23 @@ class HubLink:
             except queue.Empty:
                 msg = None
         self.replan_if_changed()
+        if self.clock.monotonic() - self._watched >= WATCH_EVERY_S:
+            self.watch()
+
+    def watch(self) -> None:
+        """What the hub knows without being told: whether it reaches the broker (and if not,
+        why), that it is serving (for the CLI), and which stations have been offline longer
+        than the grace (an alarm, cleared when they return)."""
+        self._watched = self.clock.monotonic()
+        now = self.clock.now()
+        f = self.link.failure
+        shown = (f.cause, f.detail) if f else None
+        if shown != self._failure_shown:
+            self._failure_shown = shown
+            self.store.set_setting("link.failure", json.dumps(
+                {"cause": f.cause, "detail": f.detail, "since": iso(now)} if f else None))
+        self.store.set_setting("serve.alive_at", iso(now))
+        self.store.sync_offline_alarms(now, self.offline_alarm_s)
 
     # -- planning --------------------------------------------------------------------------
     def replan_if_changed(self, force: bool = False) -> int:
@@ -118,6 +142,9 @@ class HubLink:
             st = self.store.station(sid)
             if st is None:
                 return None
+            if not st["public_key"]:
+                raise Refused(Reason.UNKNOWN_KEY, f"station {sid!r} has no key yet "
+                              f"(`loaxa hub station key {sid} …`)")
             ring = KeyRing()
             ring.add(public_from_text(st["public_key"]), f"station:{sid}")
             self._rings[sid] = ring
@@ -211,7 +238,8 @@ class HubLink:
                 missing=",".join(str(m) for m in s.get("missing") or []),
                 alarms=json.dumps(s.get("alarms") or {}, ensure_ascii=False),
                 clock_trusted=int(bool(s.get("clock_trusted", True))),
-                station_clock=str(s.get("clock") or ""), outbox=int(s.get("outbox") or 0))
+                station_clock=str(s.get("clock") or ""), outbox=int(s.get("outbox") or 0),
+                live_mic=int(bool(s.get("live_mic"))))
         except (TypeError, ValueError):
             raise Refused(Reason.MALFORMED, "bad station state summary") from None
 
@@ -242,17 +270,18 @@ class HubLink:
             sent_at = parse_iso(body["sent_at"]) if body.get("sent_at") else None
         except ValueError:
             raise Refused(Reason.MALFORMED, "bad sent_at") from None
-        new = self.store.store_events(sid, events, self.clock.now(), sent_at)
-        if isinstance(body.get("state"), dict):
-            self._apply_summary(sid, body["state"])
-        for e in new:
-            if e["kind"] == "agent.started" and not e["historical"]:
-                cur = self.store.state(sid) or {}
-                self.store.set_state(sid, started_at=e["at"],
-                                     restarts=(cur.get("restarts") or 0) + 1)
+        with self.store.lock, write(self.store.db):  # events and live state: one commit
+            new = self.store.store_events(sid, events, self.clock.now(), sent_at)
+            if isinstance(body.get("state"), dict):
+                self._apply_summary(sid, body["state"])
+            for e in new:
+                if e["kind"] == "agent.started" and not e["historical"]:
+                    cur = self.store.state(sid) or {}
+                    self.store.set_state(sid, started_at=e["at"],
+                                         restarts=(cur.get("restarts") or 0) + 1)
         # acknowledged only after the commit above: every seq of the batch is now stored
         self.link.publish(self.topics.ack(sid), self._seal(
-            "ack", {"seqs": [e["seq"] for e in events]}, timedelta(days=1)))
+            "ack", {"station": sid, "seqs": [e["seq"] for e in events]}, timedelta(days=1)))
 
     def _on_fetch(self, sid: str, body: dict[str, Any]) -> None:
         sha, offset = body.get("sha"), body.get("offset", 0)

@@ -4,12 +4,13 @@ from __future__ import annotations
 import json
 import os
 import threading
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from protocol.clock import iso, parse_iso
 from protocol.storage import Migrations, open_db, write
+from schedules import TZ
 
 migrations = Migrations("hub")
 
@@ -79,6 +80,11 @@ def m004_health_and_heightened(db) -> None:
                              "created_at": str}, pk="id")
 
 
+@migrations
+def m005_live_mic(db) -> None:
+    db["station_state"].add_column("live_mic", int)
+
+
 HISTORICAL_AFTER_S = 60  # an event sent this long after it happened is history, not news
 
 
@@ -112,8 +118,16 @@ class HubStore:
         with write(self.db):
             self.db["settings"].upsert({"key": key, "value": value}, pk="key")
 
+    def next_bdseq_epoch(self) -> int:
+        """Once per `hub serve` start (see protocol/mqtt.py): the hub's birth/death sequence
+        keeps growing across restarts."""
+        with self.lock, write(self.db):
+            n = int(self.setting("bdseq.epoch", "0") or 0) + 1
+            self.db["settings"].upsert({"key": "bdseq.epoch", "value": str(n)}, pk="key")
+            return n
+
     # -- stations and groups ---------------------------------------------------------------
-    def add_station(self, sid: str, name: str, public_key: str, groups: list[str],
+    def add_station(self, sid: str, name: str, public_key: str | None, groups: list[str],
                     now: datetime) -> None:
         with self.lock, write(self.db):
             if self.db.execute("SELECT 1 FROM stations WHERE id = ?", [sid]).fetchone():
@@ -123,6 +137,10 @@ class HubStore:
             for g in groups:
                 self.db["groups"].insert({"id": g, "name": g}, ignore=True)
                 self.db["station_groups"].insert({"station_id": sid, "group_id": g})
+
+    def set_station_key(self, sid: str, public_key: str) -> None:
+        with self.lock, write(self.db):
+            self.db.execute("UPDATE stations SET public_key = ? WHERE id = ?", [public_key, sid])
 
     def station(self, sid: str) -> dict[str, Any] | None:
         rows = self.q("SELECT * FROM stations WHERE id = ?", [sid])
@@ -236,6 +254,29 @@ class HubStore:
         elif open_row is not None:
             self.db.execute("UPDATE alarms SET cleared_at = ? WHERE id = ?", [at, open_row[0]])
 
+    def sync_offline_alarms(self, now: datetime, grace_s: float) -> None:
+        """A station offline for longer than ``grace_s`` has an open ``offline`` alarm (raised
+        at the end of the grace); one that is back online has none."""
+        with self.lock, write(self.db):
+            for sid, online, since in self.db.execute(
+                    "SELECT s.id, st.online, st.since FROM stations s "
+                    "LEFT JOIN station_state st ON st.station_id = s.id").fetchall():
+                open_row = self.db.execute(
+                    "SELECT id FROM alarms WHERE station_id = ? AND code = 'offline' AND "
+                    "cleared_at IS NULL", [sid]).fetchone()
+                if online and open_row:
+                    self.db.execute("UPDATE alarms SET cleared_at = ? WHERE id = ?",
+                                    [iso(now), open_row[0]])
+                elif online == 0 and since and not open_row:
+                    down_s = (now - parse_iso(since)).total_seconds()
+                    if down_s >= grace_s:
+                        self.db["alarms"].insert({
+                            "station_id": sid, "code": "offline",
+                            "detail": f"mất kết nối từ {_vi_time(since)} "
+                                      f"(offline since {since})",
+                            "raised_at": iso(parse_iso(since) + timedelta(seconds=grace_s)),
+                            "historical": 0})
+
     def ack_alarm(self, alarm_id: int, by: str, note: str, now: datetime) -> bool:
         with self.lock, write(self.db):
             return self.db.execute(
@@ -260,3 +301,7 @@ class HubStore:
     def set_state(self, sid: str, **fields: Any) -> None:
         with self.lock, write(self.db):
             self.db["station_state"].upsert({"station_id": sid, **fields}, pk="station_id")
+
+
+def _vi_time(value: str) -> str:
+    return parse_iso(value).astimezone(TZ).strftime("%d/%m/%Y %H:%M:%S")

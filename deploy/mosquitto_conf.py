@@ -1,0 +1,27 @@
+"""The production broker's ACL for a hub's topic prefix (docs/deploy.md). The file shipped as
+``deploy/mosquitto/loaxa.acl`` is this for the default prefix; `loaxa hub acl` prints it for
+the prefix a hub is configured with."""
+from __future__ import annotations
+
+from protocol.topics import Topics
+
+HUB_CN = "loaxa-hub"
+
+
+def render_acl(prefix: str = "loaxa", hub_cn: str = HUB_CN) -> str:
+    p = Topics(prefix).prefix  # validated: no wildcards, no trailing '/'
+    shared = [f"topic read {p}/all/cmd", f"topic read {p}/group/+/cmd", f"topic read {p}/hub/state"]
+    station = [f"pattern read {p}/station/%u/{leaf}" for leaf in ("bundle", "cmd", "audio", "ack")]
+    station += [f"pattern write {p}/station/%u/{leaf}"
+                for leaf in ("state", "events", "health", "fetch")]
+    return "\n".join([
+        f"# mosquitto ACL for a loaxa hub with topic prefix {p!r} (`loaxa hub acl` makes it).",
+        "# What every client may read (lines before the first `user` apply to all):",
+        *shared,
+        "",
+        f'# The hub\'s certificate CN is "{hub_cn}".',
+        f"user {hub_cn}",
+        f"topic readwrite {p}/#",
+        "",
+        "# Every other client is a station whose certificate CN is its station id (%u).",
+        *station, ""])
