@@ -14,7 +14,8 @@ from pathlib import Path
 
 from audio.player import file_sink_config
 from hub import config as hubconfig
-from hub.admin import add_content_text, add_station, announce, init_hub
+from deploy.local import add_local_station
+from hub.admin import add_content_text, announce, init_hub
 from hub.link import HubLink
 from hub.store import HubStore
 from protocol.clock import FileClock
@@ -61,9 +62,9 @@ class Fleet:
             d = self.station_dir(sid)
             d.mkdir(parents=True)
             (d / "sink.conf").write_text(file_sink_config(d / "sink.wav"))
-            add_station(self.cfg, sid, name=f"Đài xã {sid}", groups=["g1"], out=d,
-                        audio_device="loaxa_sink", alsa_config="sink.conf",
-                        clock=f"file:{tmp / f'clock-{sid}'}")
+            add_local_station(self.cfg, sid, name=f"Đài xã {sid}", groups=["g1"], out=d,
+                              audio_device="loaxa_sink", alsa_config="sink.conf",
+                              clock=f"file:{tmp / f'clock-{sid}'}")
             # the daily self-test off unless a test asks for it: it would add its own record
             settings = {"station": {"selftest_at": ""}}
             for section, values in (station or {}).items():

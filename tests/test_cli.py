@@ -30,13 +30,38 @@ def test_hub_commands_end_to_end(home, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "25/12/2030 06:30:00 (ưu tiên) → group:huyen-a" in out
     assert run("hub", "--home", home, "status", "--json") == 0
-    rows = json.loads(capsys.readouterr().out)
+    view = json.loads(capsys.readouterr().out)
+    assert view["hub"]["serving"] is False
+    rows = view["stations"]
     assert rows[0]["id"] == "xa-1" and rows[0]["online"] is False
-    assert run("hub", "--home", home, "status") == 0
-    assert "mất kết nối" in capsys.readouterr().out
+    assert rows[0]["presence"] == "unknown" and rows[0]["key"] is False
     cfg = station_config.load(home / "stations" / "xa-1" / "station.toml")
     assert cfg.station_id == "xa-1" and cfg.groups == ("huyen-a",)
-    assert (home / "stations" / "xa-1" / "station.key").stat().st_mode & 0o077 == 0
+
+
+def test_the_station_makes_its_own_key_and_the_hub_keeps_only_the_public_half(home, capsys):
+    from hub.store import HubStore
+    assert run("hub", "--home", home, "station", "add", "xa-k", "--name", "Đài xã K") == 0
+    folder = home / "stations" / "xa-k"
+    assert not (folder / "station.key").exists()  # the hub never made or kept it
+    assert "loaxa agent keygen" in capsys.readouterr().out
+    assert run("agent", "keygen", "--config", folder / "station.toml") == 0
+    out = capsys.readouterr().out
+    public = out.split("public key: ")[1].split()[0]
+    assert (folder / "station.key").stat().st_mode & 0o077 == 0
+    assert run("agent", "keygen", "--config", folder / "station.toml") == 0  # idempotent
+    assert public in capsys.readouterr().out
+    s = HubStore(home / "hub.db")
+    assert s.station("xa-k")["public_key"] is None
+    s.close()
+    assert run("hub", "--home", home, "station", "key", "xa-k", "not-a-key") == 2
+    assert run("hub", "station", "key", "--home", home, "xa-k", public) == 0
+    s = HubStore(home / "hub.db")
+    assert s.station("xa-k")["public_key"] == public
+    assert b"PRIVATE" not in (home / "hub.db").read_bytes()
+    s.close()
+    assert not list(home.rglob("*.key")) == [] and all(
+        p.name == "hub.key" or p.parent == folder for p in home.rglob("*.key"))
 
 
 @pytest.mark.parametrize("args, message", [
@@ -86,7 +111,7 @@ def test_station_config_reports_every_error_at_once(tmp_path):
     with pytest.raises(station_config.ConfigError) as exc:
         station_config.load(p)
     text = str(exc.value)
-    for part in ("id = 'a/b'", "clock", "port 70000", "hub_public", "station_key",
+    for part in ("id = 'a/b'", "clock", "port 70000", "hub_public",
                  "arduino", "unknown section [extra]"):
         assert part in text
 

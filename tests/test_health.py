@@ -52,3 +52,50 @@ def test_system_probes_read_their_sources(tmp_path):
     m.write_text("MemTotal: 1000000 kB\nMemAvailable: 500000 kB\n")
     assert memory(m).status == "ok"
     assert disk(tmp_path).status in ("ok", "degraded", "fault") and 0 <= disk(tmp_path).value <= 100
+
+
+def test_a_held_alarm_is_cleared_by_a_healthy_first_reading_after_a_restart():
+    """Issue 8: a model that reports only changes never cleared an alarm raised before a
+    restart when the first reading after it was healthy."""
+    changes = []
+    m = HealthModel(debounce=2, on_change=lambda *a: changes.append(a), held={"mains"})
+    m.update([Probe("mains", "ok", True), Probe("ups", "ok", True)])
+    assert changes == [("mains", "ok", "")]  # the held one is judged again; ups is not news
+    m.update([Probe("mains", "ok", True)])
+    assert changes == [("mains", "ok", "")]
+
+
+def test_an_unknown_reading_neither_raises_nor_clears():
+    changes = []
+    m = HealthModel(debounce=2, on_change=lambda *a: changes.append(a), held={"link"})
+    m.update([Probe("link", "unknown", None, "connecting")])
+    assert changes == [] and m.status == "ok"
+    m.update([Probe("link", "degraded", None, "unreachable")])  # the first known reading
+    assert changes == [("link", "degraded", "unreachable")]
+
+
+def test_the_modem_probe_never_blocks_the_agents_loop():
+    """mmcli can take 5 s on a 4G station; the loop only ever takes the last answer."""
+    import threading
+    from station_agent.health import ModemProbe
+    release = threading.Event()
+    calls = []
+
+    def slow_mmcli():
+        calls.append(1)
+        release.wait(30)  # mmcli hanging
+        return Probe("modem", "ok", 80)
+
+    probe = ModemProbe(slow_mmcli)
+    done = threading.Event()
+    threading.Thread(target=lambda: (probe.latest(), probe.latest(), done.set()),
+                     daemon=True).start()
+    assert done.wait(5), "latest() waited for mmcli"
+    assert probe.latest() is None and len(calls) == 1  # one reading at a time
+    release.set()
+    import time
+    deadline = time.monotonic() + 10
+    while probe.latest() is None:  # the answer arrives on its own thread
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert probe.latest().value == 80

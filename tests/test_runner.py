@@ -205,3 +205,73 @@ def test_an_event_that_cannot_go_on_the_wire_is_refused_at_the_source(tmp_path):
         store.event("x", {"ratio": 0.5}, T0)
     assert store.pending_events() == []  # nothing poisonous entered the outbox
     store.close()
+
+
+def events(station, kind):
+    return [e["data"] for e in station.store.pending_events(1000) if e["kind"] == kind]
+
+
+def test_khan_cap_preempts_the_live_microphone(station, clips):
+    """Issue 8: two khẩn cấp items due while the operator held the microphone stayed silent
+    until it was released. Now the first takes the air at once, the station records it, and
+    the status (and so the on-air LED) says the microphone was cut."""
+    station.programme(item("news", clips["short"], T0 + timedelta(seconds=5)),
+                      item("storm", clips["short"], T0 + timedelta(seconds=10),
+                           Priority.KHAN_CAP))
+    station.runner.toggle_live_mic(900)
+    assert station.runner.status()["live_mic"] is True
+    station.clock.advance(6)
+    station.runner.tick()  # a normal item waits for the microphone
+    assert station.runner.live_mic_until is not None and station.runner.current is None
+    station.clock.advance(4)
+    station.runner.tick()  # khẩn cấp does not
+    assert station.runner.live_mic_until is None
+    assert station.runner.current.occ.item.id == "storm"
+    assert station.runner.status()["mic_preempted_by"].startswith("storm@")
+    assert station.board.amp_relay_on  # never switched off under the emergency
+    mic = events(station, "live_mic")
+    assert mic[-1] == {"on": False, "how": "preempted", "by": station.runner.mic_preempted}
+    station.run_until(lambda: any(r["data"]["item"] == "storm" for r in station.records()))
+    [storm] = [r["data"] for r in station.records() if r["data"]["item"] == "storm"]
+    assert storm["outcome"] == "played"
+    assert pcm(station.sink) == pcm_of(clips["short"], station)
+    station.runner.tick()
+    assert station.runner.status()["mic_preempted_by"] is None  # over: the LED stops blinking
+
+
+def test_emergency_button_while_the_microphone_is_live_keeps_the_amplifier_on(station, clips):
+    """Issue 8: the release of the microphone switched the amplifier off under the emergency
+    message; it must play with the relay closed to the end."""
+    station.programme(item("x", clips["long"], T0 + timedelta(hours=1)))
+    station.runner.toggle_live_mic(900)
+    relay = station.board.equipment.relay_pin
+    relay.clear_states()
+    station.runner.play_now(clips["short"].sha256, "local emergency message (button)")
+    assert station.runner.live_mic_until is None
+    station.run_until(lambda: station.records())
+    [rec] = station.records()
+    assert rec["data"]["outcome"] == "played", rec
+    # the relay stayed closed from the microphone through the whole message
+    assert [s.state for s in relay.states] == [True, False]
+    assert events(station, "live_mic")[-1]["how"] == "preempted"
+    assert pcm(station.sink) == pcm_of(clips["short"], station)
+
+
+def test_audio_is_hash_checked_again_before_it_goes_on_air(station, clips):
+    """Issue 8: audio was checked at download only. A file changed on disk afterwards never
+    plays: the playback fails at step audio, the file is dropped (to be fetched again) and an
+    alarm is raised."""
+    raised = []
+    station.runner.alarm = lambda code, active, detail: raised.append((code, active))
+    path = station.store.audio_path(clips["short"].sha256)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    station.programme(item("a", clips["short"], T0))
+    station.run_until(lambda: station.records())
+    [rec] = station.records()
+    assert rec["data"]["outcome"] == "failed" and rec["data"]["step"] == "audio"
+    assert ("audio_corrupt", True) in raised
+    assert not station.store.has_audio(clips["short"].sha256)
+    assert not station.board.amp_relay_on
+    assert not station.sink.exists()  # nothing went out

@@ -24,5 +24,9 @@ def test_failing_device_raises_an_alarm_at_the_hub(tmp_path, mosquitto):
         wait_for(lambda: [a for a in fleet.store.open_alarms(SID) if a["code"] == "audio_device"],
                  20, "the audio_device alarm at the hub")
         assert not fleet.store.state(SID)["alarms"] in (None, "{}")
+        # issue 8: one fault, one alarm (it used to come twice, as health.audio_device too)
+        fleet.pass_time(T + timedelta(seconds=30))
+        codes = [a["code"] for a in fleet.store.open_alarms(SID)]
+        assert codes.count("audio_device") == 1 and "health.audio_device" not in codes, codes
     finally:
         fleet.stop()

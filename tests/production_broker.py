@@ -1,0 +1,84 @@
+"""mosquitto as Debian ships it plus our deploy/mosquitto/hub.conf and loaxa.acl, in a
+scratch folder: the stock /etc/mosquitto/mosquitto.conf and our files are copied with only
+their paths (and the listener's port) pointed into the folder, so what loads here is what
+loads on a hub installed as docs/deploy.md says."""
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from conftest import ROOT
+from deploy.broker import _spawn, _stop, _wait_listening, find_mosquitto, free_port
+from deploy.mosquitto_conf import HUB_CN
+from deploy.pki import Issued, issue, make_ca
+
+STOCK = Path("/etc/mosquitto/mosquitto.conf")
+
+
+class ProductionBroker:
+    def __init__(self, root: Path) -> None:
+        self.root = root  # client certificates, mosquitto's console output
+        root.mkdir(parents=True, exist_ok=True)
+        # mosquitto reads its ACL and writes its files after dropping to its own user: a
+        # folder that user can reach (pytest's tmp folders are closed to other users)
+        self.base = Path(tempfile.mkdtemp(prefix="loaxa-mosquitto-"))
+        self.base.chmod(0o755)
+        self.etc = self.base / "etc" / "mosquitto"
+        (self.etc / "conf.d").mkdir(parents=True)
+        self.var = self.base / "var"
+        self.var.mkdir()
+        self.port = free_port()
+        self.ca = make_ca(self.base / "etc" / "loaxa")
+        self.server = issue(self.ca, self.base / "etc" / "loaxa", "broker", server=True,
+                            hosts=("localhost", "127.0.0.1"))
+        self.proc: subprocess.Popen | None = None
+        self.log = root / "mosquitto.out"
+
+    def client(self, cn: str, *, ca: Issued | None = None) -> Issued:
+        """A client certificate whose CN becomes the MQTT username (from ``ca``, ours by
+        default)."""
+        return issue(ca or self.ca, self.root / "clients", cn)
+
+    def hub_cert(self) -> Issued:
+        return self.client(HUB_CN)
+
+    def write(self) -> Path:
+        stock = STOCK.read_text()
+        repl = {"pid_file": f"pid_file {self.var}/mosquitto.pid",
+                "persistence_location": f"persistence_location {self.var}/",
+                "log_dest": f"log_dest file {self.var}/mosquitto.log",
+                "include_dir": f"include_dir {self.etc / 'conf.d'}"}
+        lines = [repl.get(ln.split(" ")[0], ln) if ln.strip() and not ln.startswith("#") else ln
+                 for ln in stock.splitlines()]
+        (self.etc / "mosquitto.conf").write_text("\n".join(lines) + "\n")
+        ours = (ROOT / "deploy" / "mosquitto" / "hub.conf").read_text()
+        ours = re.sub(r"^listener 8883$", f"listener {self.port} 127.0.0.1", ours, flags=re.M)
+        ours = ours.replace("/etc/loaxa/ca.crt", str(self.ca.cert))
+        ours = ours.replace("/etc/loaxa/broker.crt", str(self.server.cert))
+        ours = ours.replace("/etc/loaxa/broker.key", str(self.server.key))
+        ours = ours.replace("/etc/mosquitto/loaxa.acl", str(self.etc / "loaxa.acl"))
+        (self.etc / "conf.d" / "loaxa.conf").write_text(ours)
+        shutil.copy(ROOT / "deploy" / "mosquitto" / "loaxa.acl", self.etc / "loaxa.acl")
+        if os.geteuid() == 0:  # mosquitto drops to its own user, as it does from systemd
+            pw = pwd.getpwnam("mosquitto")
+            for path in (self.var, self.server.key):  # docs/deploy.md: the key is mosquitto's
+                os.chown(path, pw.pw_uid, pw.pw_gid)
+        return self.etc / "mosquitto.conf"
+
+    def start(self) -> "ProductionBroker":
+        conf = self.write()
+        exe = find_mosquitto()
+        assert exe, "mosquitto is not installed"
+        self.proc = _spawn([exe, "-c", str(conf)], self.log)
+        _wait_listening(self.proc, self.port, 10, self.log, "mosquitto (production config)")
+        return self
+
+    def stop(self) -> None:
+        _stop(self.proc, False)
+        self.proc = None
+        shutil.rmtree(self.base, ignore_errors=True)
