@@ -12,7 +12,7 @@ demo:
 	$(BIN)/loaxa demo
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 3 --dist loadfile
 
 bench: setup
 	$(BIN)/python -m bench

@@ -43,29 +43,49 @@ def sink(tmp_path):
     return conf, wav
 
 
-_FIGURES: dict[str, dict] = {}
+_FIGURES_DIR = ROOT / "build" / "fault-figures.d"
+
+
+def pytest_sessionstart(session):
+    """The controller (or a run without workers) starts with no figures from earlier runs;
+    each worker of a parallel run writes its own file there."""
+    if not hasattr(session.config, "workerinput"):
+        import shutil
+        shutil.rmtree(_FIGURES_DIR, ignore_errors=True)
+    _FIGURES_DIR.mkdir(parents=True, exist_ok=True)
 
 
 @pytest.fixture
 def figures(request):
     """Record a measured number: printed at the end of the run and written to
-    build/fault-figures.json, where docs/reliability.md takes its figures from."""
+    build/fault-figures.json, where docs/reliability.md takes its figures from. Works with
+    parallel workers (pytest-xdist): each writes its own file, the controller merges them."""
+    import json
+    worker = getattr(request.config, "workerinput", {}).get("workerid", "main")
+    path = _FIGURES_DIR / f"{worker}.json"
+
     def record(name: str, value: float, unit: str, bound: float | None = None) -> None:
-        _FIGURES[name] = {"value": round(value, 3), "unit": unit, "bound": bound,
-                          "test": request.node.nodeid}
+        got = json.loads(path.read_text()) if path.exists() else {}
+        got[name] = {"value": round(value, 3), "unit": unit, "bound": bound,
+                     "test": request.node.nodeid}
+        path.write_text(json.dumps(got, ensure_ascii=False))
     return record
 
 
-def pytest_terminal_summary(terminalreporter):
-    if not _FIGURES:
-        return
+def pytest_terminal_summary(terminalreporter, config):
     import json
+    if hasattr(config, "workerinput"):
+        return
+    found: dict[str, dict] = {}
+    for f in sorted(_FIGURES_DIR.glob("*.json")):
+        found.update(json.loads(f.read_text()))
+    if not found:
+        return
     out = ROOT / "build" / "fault-figures.json"
-    out.parent.mkdir(exist_ok=True)
     old = json.loads(out.read_text()) if out.exists() else {}
-    old.update(_FIGURES)
+    old.update(found)
     out.write_text(json.dumps(old, indent=1, ensure_ascii=False))
     terminalreporter.section("measured figures")
-    for name, f in sorted(_FIGURES.items()):
+    for name, f in sorted(found.items()):
         bound = f" (bound {f['bound']} {f['unit']})" if f["bound"] is not None else ""
         terminalreporter.write_line(f"{name}: {f['value']} {f['unit']}{bound}")

@@ -57,7 +57,10 @@ def test_thirty_sigkills_lose_and_repeat_nothing(tmp_path, mosquitto, figures):
                  20, "a normal playback after the kills")
         # the rest of the programme goes by; the last process runs to the end cleanly
         fleet.pass_time(T + timedelta(seconds=EVERY_S * COUNT + 10))
+        # (the status file must be the last process's own: a stale one from a killed process
+        # can say "outbox 0" while the last process still holds its reports)
         wait_for(lambda: fleet.station_db(SID, "SELECT count(*) FROM plays")[0][0] == COUNT
+                 and fleet.status(SID).get("pid") == fleet.procs[SID].pid
                  and fleet.status(SID).get("outbox") == 0, 60, "every occurrence recorded")
         fleet.procs[SID].send_signal(signal.SIGTERM)
         fleet.procs[SID].wait(10)
