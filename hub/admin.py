@@ -8,12 +8,14 @@ import os
 import tempfile
 import uuid
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Iterator
 
 from audio import AudioError, prepare, synthesize
 from protocol.clock import iso, make_clock, parse_iso
-from protocol.envelope import Signer, public_from_text, public_to_text
+from protocol.envelope import Signer, public_from_text, public_to_text, seal
+from protocol.storage import write
 from protocol.topics import BadIdentifier, check_id
 from schedules import Item, Priority, next_start
 from schedules.model import ScheduleError
@@ -304,3 +306,98 @@ def status_rows(store: HubStore, now=None, view: dict | None = None) -> list[dic
                                  "since": a["raised_at"]} for a in store.open_alarms(st["id"])],
                      "last_seen": s.get("last_seen"), "last_play": last[0] if last else None})
     return rows
+
+
+# -- commands (docs/protocol.md, "Commands") -------------------------------------------------
+
+COMMAND_TTL_S = 300
+
+
+def _target_stations(store: HubStore, target: str) -> list[str]:
+    from .planner import targets
+    return [st["id"] for st in store.stations()
+            if targets(target, st["id"], store.station_groups(st["id"]))]
+
+
+def issue_command(cfg: hubconfig.HubConfig, store: HubStore, action: str, target: str,
+                  body: dict, *, now, ttl_s: int = COMMAND_TTL_S, by: str = "") -> dict:
+    """Sign a command for ``target`` with the hub's key, with the next sequence of that
+    target's stream, and store it with one delivery row per targeted station; `hub serve`
+    publishes it. Returns the stored command."""
+    if not 10 <= ttl_s <= 24 * 3600:
+        raise HubError("thời hạn lệnh 10 giây đến 24 giờ / a command's expiry must be 10 s-24 h")
+    stations = _target_stations(store, target)
+    if not stations:
+        raise HubError(f"không có trạm nào thuộc {target} / no station in {target}")
+    signer = Signer.load(cfg.key_path, cfg.hub_id)
+    cid = uuid.uuid4().hex[:16]
+    with store.lock, write(store.db):
+        seq = store.next_command_seq(target)
+        full = {"id": cid, "target": target, "action": action, **body}
+        raw = seal("command", full, signer=signer, seq=seq, now=now,
+                   ttl=timedelta(seconds=ttl_s), msg_id=cid)
+        store.add_command({"id": cid, "action": action, "target": target, "seq": seq,
+                           "body": json.dumps(full, ensure_ascii=False),
+                           "raw": raw.decode("utf-8"), "issued_at": iso(now),
+                           "expires_at": iso(now + timedelta(seconds=ttl_s)),
+                           "published_at": None, "by": by}, stations)
+    return store.command(cid)
+
+
+def play_body(content: dict, *, priority: Priority, repeat: int = 1, gap_s: int = 0,
+              title: str = "", stream: str | None = None,
+              duration_ms: int | None = None) -> dict:
+    if not 1 <= repeat <= 10:
+        raise HubError("số lần lặp 1-10 / --repeat must be 1-10")
+    if stream and not stream.startswith("https://"):
+        raise HubError("luồng tiếp âm phải là https:// / a stream must be an https:// URL")
+    body = {"content": content["sha"], "size": content["size"],
+            "duration_ms": duration_ms or content["duration_ms"], "priority": int(priority),
+            "repeat": repeat, "gap_s": gap_s, "title": title or content["title"] or ""}
+    if stream:
+        body["stream"] = stream
+    return body
+
+
+def cancel_item(cfg: hubconfig.HubConfig, store: HubStore, ref: str, *, now,
+                by: str = "") -> tuple[dict, dict]:
+    """The item leaves every bundle (desired state: a station offline now gets the bundle
+    without it when it returns) and a ``stop`` goes to its targets, for where it is on air."""
+    rows = store.q("SELECT * FROM schedule_items WHERE id LIKE ? AND cancelled_at IS NULL",
+                   [ref + "%"])
+    if len(rows) != 1:
+        raise HubError(f"mục lịch {ref!r}: {'không có' if not rows else 'không rõ'} / schedule "
+                       f"item {ref!r}: {'not found (or already cancelled)' if not rows else 'ambiguous'}")
+    item = rows[0]
+    with store.lock, write(store.db):
+        store.db.execute("UPDATE schedule_items SET cancelled_at = ? WHERE id = ?",
+                         [iso(now), item["id"]])
+    cmd = issue_command(cfg, store, "stop", item["target"], {"scope": "item", "item": item["id"]},
+                        now=now, by=by)
+    return item, cmd
+
+
+COMMAND_STATES_VI = {"targeted": "chưa nhận", "accepted": "đã nhận", "started": "đã phát",
+                     "done": "xong", "failed": "lỗi", "refused": "từ chối",
+                     "unreachable": "không tới kịp"}
+
+
+def command_progress(store: HubStore, cid: str, now) -> dict:
+    """Counts per state for one command. A station still ``targeted`` after the command
+    expired, or offline now, is ``unreachable``: it will not act on it."""
+    c = store.command(cid)
+    if c is None:
+        raise HubError(f"lệnh {cid!r} không có / no command {cid!r}")
+    expired = parse_iso(c["expires_at"]) <= now
+    rows = store.command_targets(c["id"])
+    for r in rows:  # not reached: it expired first, or the station is offline now
+        if r["state"] == "targeted" and (expired or not r["online"]):
+            r["state"] = "unreachable"
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    started = sum(counts.get(k, 0) for k in ("started", "done"))
+    settled = sum(counts.get(k, 0) for k in ("started", "done", "failed", "refused",
+                                            "unreachable"))
+    return {"command": c, "targets": rows, "counts": counts, "total": len(rows),
+            "started": started, "settled": settled == len(rows), "expired": expired}

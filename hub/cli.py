@@ -19,9 +19,11 @@ from schedules import Item, Priority
 from schedules.model import ScheduleError
 
 from . import config as hubconfig
-from .admin import (EVERY, NOT_SERVING, add_content_file, add_content_text, add_station,
-                    announce, check_target, find_content, first_start, hub_view, init_hub,
-                    is_serving, parse_duration, serving, set_station_key, status_rows)
+from .admin import (COMMAND_STATES_VI, EVERY, NOT_SERVING, add_content_file,
+                    add_content_text, add_station, announce, cancel_item, check_target,
+                    command_progress, find_content, first_start, hub_view, init_hub,
+                    is_serving, issue_command, parse_duration, play_body, serving,
+                    set_station_key, status_rows)
 from .config import HubError
 from .display import ALARMS_VI, parse_date, parse_when, render_hub, render_status, show
 from .link import HubLink
@@ -130,6 +132,64 @@ def register(sub: argparse._SubParsersAction) -> None:
     what.add_argument("--content")
     what.add_argument("--text")
     p.set_defaults(fn=cmd_emergency)
+
+    # -- commands: act now, on stations that are online (docs/protocol.md, "Commands") ----
+    def command_args(p, *, to_default=None, to=True):
+        if to:
+            p.add_argument("--to", required=to_default is None, default=to_default,
+                           help="all, group:ID or station:ID")
+        p.add_argument("--ttl", default="5m", help="how long the command stays valid (5m)")
+        p.add_argument("--by", default="", help="who gives it (recorded)")
+        p.add_argument("--no-wait", action="store_true",
+                       help="return once it is stored; do not show its progress")
+        p.add_argument("--wait", type=float, default=120.0,
+                       help="how long to show progress, seconds (120)")
+
+    for name, help_ in (("play", "play content now (as a command)"),
+                        ("alert", "khẩn cấp: play now on every targeted station, with live "
+                                  "progress")):
+        p = _leaf(hs, name, help=help_)
+        what = p.add_mutually_exclusive_group(required=True)
+        what.add_argument("--content", help="content SHA-256 (a unique prefix is enough)")
+        what.add_argument("--text", help="Vietnamese text, spoken by TTS")
+        p.add_argument("--repeat", type=int, default=1, help="how many times (1-10)")
+        p.add_argument("--gap", default="0s", help="pause between repeats: 30s, 5m")
+        p.add_argument("--title", default="")
+        p.add_argument("--tts", default="auto", choices=["auto", "gtts", "espeak-ng"])
+        if name == "play":
+            p.add_argument("--priority", default="uu-tien",
+                           help="thong-thuong, uu-tien or khan-cap")
+        command_args(p, to_default="all" if name == "alert" else None)
+        p.set_defaults(fn=cmd_play, alert=name == "alert")
+    p = _leaf(hs, "stop", help="stop what is on air (or one item, or up to a priority)")
+    p.add_argument("--item", help="only this item (schedule item id or command id)")
+    p.add_argument("--priority", help="everything at or below this priority")
+    command_args(p)
+    p.set_defaults(fn=cmd_stop)
+    p = _leaf(hs, "cancel", help="cancel a schedule item: gone from every bundle, stopped "
+              "where it is on air")
+    p.add_argument("item")
+    command_args(p, to=False)
+    p.set_defaults(fn=cmd_cancel)
+    p = _leaf(hs, "volume", help="set the volume (0-100, 100 = as prepared); remembered")
+    p.add_argument("level", type=int)
+    command_args(p)
+    p.set_defaults(fn=cmd_simple, action="volume")
+    for name in ("selftest", "zone-test", "report"):
+        p = _leaf(hs, name, help={"selftest": "run the silent self-test now",
+                                  "zone-test": "exercise the amplifier and every zone relay now",
+                                  "report": "send state and health now"}[name])
+        command_args(p)
+        p.set_defaults(fn=cmd_simple, action=name.replace("-", "_"))
+    p = _leaf(hs, "command", help="commands given and how far each got")
+    cs = p.add_subparsers(dest="command_cmd", required=True)
+    a = _leaf(cs, "list", help="recent commands with their delivery counts")
+    a.add_argument("--limit", type=int, default=20)
+    a.set_defaults(fn=cmd_command_list)
+    a = _leaf(cs, "show", help="one command, station by station")
+    a.add_argument("id")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(fn=cmd_command_show)
 
 
 def cmd_init(args) -> int:
@@ -330,3 +390,142 @@ def cmd_serve(args) -> int:
             svc.run(stop)
     return 0
 
+
+
+# -- commands -------------------------------------------------------------------------------
+
+def _give(args, cfg, store, now, action: str, body: dict, target: str) -> int:
+    ttl = parse_duration(args.ttl) // 1000
+    cmd = issue_command(cfg, store, action, target, body, now=now, ttl_s=ttl, by=args.by)
+    print(f"Lệnh {action} {cmd['id']} → {target}, hiệu lực tới {show(cmd['expires_at'])} / "
+          f"command stored")
+    if not is_serving(store.path):
+        print(NOT_SERVING, file=sys.stderr)
+        return 0
+    if not args.no_wait:
+        return watch(store, cmd["id"], args.wait, clock=make_clock(cfg.clock))
+    return 0
+
+
+def watch(store: HubStore, cid: str, limit_s: float, *, clock, every_s: float = 0.5) -> int:
+    """Live progress of a command until every targeted station has started (or finished),
+    failed, refused it or is known unreachable; exit 0 if every station started."""
+    import time
+    deadline = time.monotonic() + limit_s
+    shown = None
+    published = False
+    while True:
+        p = command_progress(store, cid, clock.now())
+        if not published and p["command"]["published_at"]:
+            published = True
+            print(f"Đã gửi lúc {show(p['command']['published_at'])} / published", flush=True)
+        line = render_progress(p)
+        if line != shown:
+            print(line, flush=True)
+            shown = line
+        if p["settled"] or time.monotonic() >= deadline:
+            return 0 if p["started"] == p["total"] else 1
+        time.sleep(every_s)  # polling what `hub serve` writes, not waiting on a schedule
+
+
+def render_progress(p: dict) -> str:
+    c = p["counts"]
+    verb = "đã phát" if p["command"]["action"] == "play" else "đã thực hiện"
+    parts = [f"{COMMAND_STATES_VI[k]} {c[k]}" for k in ("accepted", "failed", "refused",
+                                                      "unreachable", "targeted") if c.get(k)]
+    return (f"{verb} {p['started']:,}/{p['total']:,} trạm".replace(",", ".")
+            + (f" ({', '.join(parts)})" if parts else ""))
+
+
+def cmd_play(args) -> int:
+    with _open(args) as (cfg, store, now):
+        target = check_target(store, args.to)
+        if args.alert:
+            priority = Priority.KHAN_CAP
+        else:
+            try:
+                priority = Priority.parse(args.priority)
+            except ScheduleError as exc:
+                raise HubError(str(exc)) from None
+        gap = parse_duration(args.gap) // 1000 if args.gap not in ("0", "0s") else 0
+        if args.text is not None:
+            if not args.text.strip():
+                raise HubError("văn bản trống: không có gì để đọc / the text is empty")
+            content = add_content_text(store, args.text, title=args.title or args.text[:60],
+                                       now=now, engine=args.tts, progress=progress_printer())
+        else:
+            content = find_content(store, args.content)
+        body = play_body(content, priority=priority, repeat=args.repeat, gap_s=gap,
+                         title=args.title)
+        return _give(args, cfg, store, now, "play", body, target)
+
+
+def cmd_stop(args) -> int:
+    with _open(args) as (cfg, store, now):
+        target = check_target(store, args.to)
+        if args.item and args.priority:
+            raise HubError("--item hoặc --priority, không cả hai / --item or --priority")
+        if args.item:
+            body = {"scope": "item", "item": args.item}
+        elif args.priority:
+            try:
+                body = {"scope": "priority", "priority": int(Priority.parse(args.priority))}
+            except ScheduleError as exc:
+                raise HubError(str(exc)) from None
+        else:
+            body = {"scope": "current"}
+        return _give(args, cfg, store, now, "stop", body, target)
+
+
+def cmd_cancel(args) -> int:
+    with _open(args) as (cfg, store, now):
+        item, cmd = cancel_item(cfg, store, args.item, now=now, by=args.by)
+        print(f"Đã hủy {item['id']} ({item['title']}): bỏ khỏi mọi chương trình; lệnh dừng "
+              f"{cmd['id']} → {item['target']} / cancelled")
+        if not is_serving(store.path):
+            print(NOT_SERVING, file=sys.stderr)
+            return 0
+        if not args.no_wait:
+            return watch(store, cmd["id"], args.wait, clock=make_clock(cfg.clock))
+    return 0
+
+
+def cmd_simple(args) -> int:
+    with _open(args) as (cfg, store, now):
+        target = check_target(store, args.to)
+        body = {}
+        if args.action == "volume":
+            if not 0 <= args.level <= 100:
+                raise HubError("âm lượng 0-100 / volume must be 0-100")
+            body = {"level": args.level}
+        return _give(args, cfg, store, now, args.action, body, target)
+
+
+def cmd_command_list(args) -> int:
+    with _open(args) as (cfg, store, now):
+        rows = store.q("SELECT id FROM commands ORDER BY issued_at DESC LIMIT ?", [args.limit])
+        if not rows:
+            print("Chưa có lệnh nào / no commands")
+        for r in rows:
+            p = command_progress(store, r["id"], now)
+            c = p["command"]
+            print(f"{c['id']}  {show(c['issued_at'])}  {c['action']:9} → {c['target']}  "
+                  f"{render_progress(p)}" + ("  (hết hạn)" if p["expired"] else ""))
+    return 0
+
+
+def cmd_command_show(args) -> int:
+    with _open(args) as (cfg, store, now):
+        p = command_progress(store, args.id, now)
+    c = p["command"]
+    if args.json:
+        print(json.dumps(p, ensure_ascii=False, indent=1, default=str))
+        return 0
+    print(f"Lệnh {c['id']}: {c['action']} → {c['target']}; ra lệnh {show(c['issued_at'])}"
+          f"{' bởi ' + c['by'] if c['by'] else ''}; gửi {show(c['published_at'])}; "
+          f"hết hạn {show(c['expires_at'])}")
+    print(render_progress(p))
+    for t in p["targets"]:
+        print(f"  {t['station_id']}  {COMMAND_STATES_VI.get(t['state'], t['state'])}  "
+              f"{show(t['at'])}  {t['detail'] or ''}".rstrip())
+    return 0

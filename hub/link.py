@@ -91,6 +91,7 @@ class HubLink:
             except queue.Empty:
                 msg = None
         self.replan_if_changed()
+        self.publish_commands()
         if self.clock.monotonic() - self._watched >= WATCH_EVERY_S:
             self.watch()
 
@@ -125,6 +126,24 @@ class HubLink:
                 self.link.publish(self.topics.bundle(st["id"]), raw, retain=True)
         self._data_version = self.store.data_version()
         return issued
+
+    def publish_commands(self) -> int:
+        """Commands the CLI (or the web) signed and stored: published once each, on the
+        topic of their target, while they have not expired."""
+        if not self.link.connected.is_set():
+            return 0
+        n = 0
+        for c in self.store.unpublished_commands(self.clock.now()):
+            kind, _, name = c["target"].partition(":")
+            topic = (self.topics.all_command() if c["target"] == "all" else
+                     self.topics.group_command(name) if kind == "group" else
+                     self.topics.command(name))
+            if self.link.publish(topic, c["raw"].encode("utf-8")) is None:
+                break  # not connected after all: the rest wait for the next step
+            self.store.mark_published(c["id"], self.clock.now())
+            self._count("commands.published")
+            n += 1
+        return n
 
     def _republish_bundles(self) -> None:
         """On every connect: the broker may have lost retained bundles (restart without

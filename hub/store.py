@@ -85,6 +85,21 @@ def m005_live_mic(db) -> None:
     db["station_state"].add_column("live_mic", int)
 
 
+@migrations
+def m006_commands(db) -> None:
+    db["commands"].create({"id": str, "action": str, "target": str, "seq": int, "body": str,
+                           "raw": str, "issued_at": str, "expires_at": str,
+                           "published_at": str, "by": str}, pk="id")
+    db["command_targets"].create({"command_id": str, "station_id": str, "state": str,
+                                  "at": str, "detail": str}, pk=("command_id", "station_id"))
+    db["commands"].create_index(["published_at"])
+
+
+# a station's command moves forward only: a late "accepted" never hides a "done"
+COMMAND_STATES = {"targeted": 0, "accepted": 1, "started": 2, "done": 3, "failed": 3,
+                  "refused": 3}
+
+
 HISTORICAL_AFTER_S = 60  # an event sent this long after it happened is history, not news
 
 
@@ -238,6 +253,8 @@ class HubStore:
                          d.get("detail", ""), iso(now), historical])
                 elif e["kind"] == "alarm" and isinstance(d.get("code"), str):
                     self._alarm_history(sid, d, e["at"], historical)
+                elif e["kind"] == "command" and isinstance(d.get("id"), str):
+                    self._command_progress(sid, d, e["at"])
             self.db.execute("UPDATE station_state SET last_seen = ? WHERE station_id = ?",
                             [iso(now), sid])
         return new
@@ -276,6 +293,55 @@ class HubStore:
                                       f"(offline since {since})",
                             "raised_at": iso(parse_iso(since) + timedelta(seconds=grace_s)),
                             "historical": 0})
+
+    def _command_progress(self, sid: str, d: dict[str, Any], at: str) -> None:
+        state = d.get("state")
+        if state not in COMMAND_STATES:
+            return
+        row = self.db.execute("SELECT state FROM command_targets WHERE command_id = ? AND "
+                              "station_id = ?", [d["id"], sid]).fetchone()
+        if row is None:  # not a command of ours for this station (or an unknown id)
+            return
+        if COMMAND_STATES[state] < COMMAND_STATES.get(row[0], 0) or row[0] in (
+                "done", "failed", "refused"):
+            return
+        detail = str(d.get("reason") or "") + (": " if d.get("reason") else "") + \
+            str(d.get("detail") or "")
+        self.db.execute("UPDATE command_targets SET state = ?, at = ?, detail = ? WHERE "
+                        "command_id = ? AND station_id = ?",
+                        [state, at, detail[:300], d["id"], sid])
+
+    # -- commands --------------------------------------------------------------------------
+    def add_command(self, row: dict[str, Any], stations: list[str]) -> None:
+        with self.lock, write(self.db):
+            self.db["commands"].insert(row)
+            self.db["command_targets"].insert_all(
+                [{"command_id": row["id"], "station_id": sid, "state": "targeted",
+                  "at": row["issued_at"], "detail": ""} for sid in stations])
+
+    def next_command_seq(self, stream: str) -> int:
+        """Within the caller's transaction: the next sequence number of a command stream."""
+        key = f"cmdseq.{stream}"
+        n = int(self.setting(key, "0") or 0) + 1
+        self.db["settings"].upsert({"key": key, "value": str(n)}, pk="key")
+        return n
+
+    def unpublished_commands(self, now: datetime) -> list[dict[str, Any]]:
+        return self.q("SELECT * FROM commands WHERE published_at IS NULL AND expires_at > ? "
+                      "ORDER BY issued_at", [iso(now)])
+
+    def mark_published(self, cid: str, at: datetime) -> None:
+        with self.lock, write(self.db):
+            self.db.execute("UPDATE commands SET published_at = ? WHERE id = ?", [iso(at), cid])
+
+    def command(self, cid: str) -> dict[str, Any] | None:
+        rows = self.q("SELECT * FROM commands WHERE id LIKE ?", [cid + "%"])
+        return rows[0] if len(rows) == 1 else None
+
+    def command_targets(self, cid: str) -> list[dict[str, Any]]:
+        return self.q("SELECT t.*, st.online FROM command_targets t LEFT JOIN station_state st "
+                      "ON st.station_id = t.station_id WHERE command_id = ? "
+                      "ORDER BY t.station_id", [cid])
 
     def ack_alarm(self, alarm_id: int, by: str, note: str, now: datetime) -> bool:
         with self.lock, write(self.db):

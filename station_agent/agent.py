@@ -28,6 +28,7 @@ from schedules import Item, occurrences
 
 from . import health as probes
 from .clocktrust import ClockTrust
+from .commands import Commands, HubTime, stream_of
 from .config import StationConfig
 from .runner import Runner
 from .store import StationStore
@@ -70,6 +71,11 @@ class Agent:
                              power_good_timeout_ms=cfg.power_good_timeout_ms,
                              alarm=self.alarm, stream_stall_s=cfg.stream_stall_s,
                              hold_ms=cfg.amp_hold_ms, selftest_at=cfg.selftest_at)
+        floor = self.store.get("hub.time_floor")
+        self.hub_time = HubTime(parse_iso(floor) if floor else None)
+        self._hub_time_saved = -1e9
+        self.commands = Commands(store=self.store, runner=self.runner, clock=self.clock,
+                                 player=self.player, report_now=lambda: self.report_now())
         self.link = MqttLink(
             client_id=f"station-{self.id}", broker=cfg.broker,
             subscriptions=self.topics.station_subscriptions(self.id, cfg.groups),
@@ -107,6 +113,7 @@ class Agent:
     def start(self) -> None:
         now, mono = self.clock.now(), self.clock.monotonic()
         interrupted = self.runner.recover()
+        self.commands.recover()
         last = self.store.get("clock.last_trusted")
         change = self.trust.start(now, mono, parse_iso(last) if last else None)
         self.store.event("agent.started", {"interrupted": interrupted,
@@ -421,7 +428,7 @@ class Agent:
         the pending programme's, else the active one's (a file dropped as corrupt is fetched
         again)."""
         b = self.store.pending_bundle() or self.store.active_bundle()
-        return b[1].get("content", {}) if b else {}
+        return {**self.commands.wanted(), **(b[1].get("content", {}) if b else {})}
 
     def _request_audio(self) -> None:
         if not self.link.connected.is_set():
@@ -473,6 +480,7 @@ class Agent:
                         raise Refused(Reason.REPLAYED, "time reply to no question of ours")
                     self._time_nonce = None
                     self.link_rtt_ms = round((self.clock.monotonic() - self._time_asked) * 1000)
+                    self._saw_hub(env.iat)
                     change = self.trust.observe_hub(env.iat, self.clock.now())
                     if change:
                         self._clock_changed(change)
@@ -491,16 +499,42 @@ class Agent:
                 for s in seqs:
                     self._sent.pop(s, None)
             elif msg.topic == t.hub_state():
-                pass  # the hub's presence; clock comparison comes with clock trust
+                if msg.payload:  # the hub's presence: its signed time is a floor for ours
+                    self._saw_hub(verify(msg.payload, self.hub_keys, now=None).iat)
             else:
-                # commands (play-now, stop) are verified even before they do anything
-                verify(msg.payload, self.hub_keys, now=self.clock.now())
-                self.store.bump("ignored.command")
+                self._on_command(msg)
         except Refused as r:
             self._refuse(r, msg.topic)
         except Exception as exc:  # a bug must not stop the station; it is reported
             log.exception("handling %s failed", msg.topic)
             self._refuse(Refused(Reason.MALFORMED, f"{type(exc).__name__}: {exc}"), msg.topic)
+
+    def _on_command(self, msg: Inbound) -> None:
+        stream = stream_of(self.topics, msg.topic, self.id, self.cfg.groups)
+        if stream is None:
+            raise Refused(Reason.WRONG_STATION, f"a command topic this station does not serve")
+        # expiry is judged by check_fresh: the station's clock may be the thing that is wrong
+        env = verify(msg.payload, self.hub_keys, now=None, kind="command")
+        hub_now = self.hub_time.estimate(self.clock.monotonic())
+        self.commands.handle(env, stream, trusted=self.trust.trusted, hub_now=hub_now)
+        self._saw_hub(env.iat)
+
+    def _saw_hub(self, hub_time) -> None:
+        """A verified hub time: commands are judged by it while our clock is not trusted."""
+        if self.hub_time.saw(hub_time, self.clock.monotonic()):
+            mono = self.clock.monotonic()
+            if mono - self._hub_time_saved >= TRUST_SAVE_EVERY_S:
+                self.store.put("hub.time_floor", iso(hub_time))
+                self._hub_time_saved = mono
+
+    def report_now(self) -> None:
+        """A `report` command: state (a birth) and health (a heartbeat) at once."""
+        body = {"online": True, "bdseq": self.link.bdseq, "name": self.cfg.name,
+                **self.summary()}
+        self.link.publish(self.topics.state(self.id),
+                          self._seal("state", body, STATE_TTL, self.link.bdseq), retain=True)
+        self._heartbeat_at = -1e9
+        self._health_at = -1e9
 
     def _refuse(self, r: Refused, topic: str) -> None:
         """Every refusal is counted; it is reported (an outbox event) at most once per
@@ -537,6 +571,7 @@ class Agent:
             raise Refused(Reason.MALFORMED, str(exc)) from None
         if any(i.content not in content for i in items):
             raise Refused(Reason.MALFORMED, "an item names audio the bundle does not list")
+        self._saw_hub(env.iat)
         self.store.save_bundle(env.seq, env.id, raw, body, self.clock.now())
         log.info("bundle %d stored (%d items)", env.seq, len(items))
         self._try_activate()
@@ -609,6 +644,7 @@ class Agent:
               "health": self.health_status(), "probes": self.health.summary(),
               **self._outlook(mono),
               "leds": {n: self.board.led_state(n) for n in ("link", "health", "on_air")},
+              "volume": round(getattr(self.player, "volume", 1.0) * 100),
               **self.runner.status()}
         if st != self._last_status:
             tmp = self._status_path.with_suffix(".tmp")

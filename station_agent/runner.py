@@ -7,7 +7,7 @@ out against the board and the player and records every outcome.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, time, timedelta
 from typing import Any, Callable
 
@@ -40,6 +40,17 @@ class _Current:
     key: str | None = None              # the record's key, if not the occurrence's
 
 
+@dataclass
+class Queued:
+    """A play the hub commanded (``play``): it starts when it is the best thing to play, judged
+    by priority exactly as a scheduled item, from ``not_before`` until ``deadline``
+    (monotonic seconds: a command must play even while the wall clock is not trusted)."""
+
+    item: Item          # id "cmd-<command id>-<n>"; its start is set when it starts
+    not_before: float
+    deadline: float
+
+
 class Runner:
     def __init__(self, *, store: StationStore, board: Any, player: Any, clock: Clock,
                  warmup_ms: int = 500, power_good_timeout_ms: int = 3000,
@@ -65,6 +76,9 @@ class Runner:
         self._quiet: QuietHours | None = None
         self._checked_until: datetime | None = None
         self._checked_saved = -1e9
+        self.queued: list[Queued] = []
+        # told of every record (key, item id, outcome, detail): commands follow their plays
+        self.on_record: Callable[[str, str, str, str], None] = lambda *a: None
 
     # -- programme -------------------------------------------------------------------------
     def programme(self) -> tuple[list[Item], QuietHours | None]:
@@ -99,20 +113,24 @@ class Runner:
     # -- the loop --------------------------------------------------------------------------
     def tick(self, timed: bool = True) -> None:
         """``timed=False`` while the clock is not trusted: what plays finishes, nothing timed
-        starts and nothing is declared missed on the strength of a wrong clock."""
-        now = self.clock.now()
-        if self.current is None and self._amp_off_at is not None \
-                and self.clock.monotonic() >= self._amp_off_at:
+        starts and nothing is declared missed on the strength of a wrong clock; commanded
+        plays, judged by the monotonic clock, still start."""
+        now, mono = self.clock.now(), self.clock.monotonic()
+        if self.current is None and self._amp_off_at is not None and mono >= self._amp_off_at:
             self.board.amp_off()  # the hold after the last item is over
             self._amp_off_at = None
-        if not timed:
-            if self.current is not None:
-                self._advance(now)
-            return
-        items, quiet = self.programme()
-        self._sweep_missed(items, quiet, now)
-        best = next((o for o in startable_at(items, now, quiet=quiet)
-                     if self.store.play_state(o.key) is None), None)
+        best = self._best_queued(now, mono)
+        if timed:
+            items, quiet = self.programme()
+            self._sweep_missed(items, quiet, now)
+            scheduled = next((o for o in startable_at(items, now, quiet=quiet)
+                              if self.store.play_state(o.key) is None), None)
+            if scheduled is not None and (best is None or
+                                          scheduled.item.priority >= best.item.priority):
+                best = scheduled
+        if best is not None and best.item.id.startswith("cmd-") and self._may_take_air(best):
+            # a commanded play starts on this tick: it leaves the queue
+            self.queued = [q for q in self.queued if q.item.id != best.item.id]
         if self.live_mic_until is not None:  # the microphone holds the air; the schedule waits
             if best is not None and best.item.priority >= Priority.KHAN_CAP:
                 # ... except for khẩn cấp, which takes the air from the microphone
@@ -127,7 +145,8 @@ class Runner:
             self.mic_preempted = None  # the emergency that took the microphone's air is over
         cur = self.current
         if cur is None and best is None:
-            self._maybe_selftest(now)
+            if timed:
+                self._maybe_selftest(now)
             return
         if cur is not None:
             if best is not None and best.item.priority > cur.occ.item.priority:
@@ -138,6 +157,53 @@ class Runner:
                 self._advance(now)
         elif best is not None:
             self._start(best, now)
+
+    def _may_take_air(self, best: Occurrence) -> bool:
+        """Whether ``best`` starts (or preempts) on this tick."""
+        if self.live_mic_until is not None:
+            return best.item.priority >= Priority.KHAN_CAP
+        return self.current is None or best.item.priority > self.current.occ.item.priority
+
+    # -- commanded plays -------------------------------------------------------------------
+    def queue(self, item: Item, *, after_s: float = 0.0, within_s: float) -> None:
+        mono = self.clock.monotonic()
+        self.queued.append(Queued(item, mono + after_s, mono + after_s + within_s))
+
+    def _best_queued(self, now: datetime, mono: float) -> Occurrence | None:
+        """The best commanded play that may start now; one whose deadline passed without its
+        audio (or without the air) is recorded missed, once."""
+        for q in [q for q in self.queued if mono > q.deadline]:
+            self.queued.remove(q)
+            occ = Occurrence(now, replace(q.item, start=now))
+            reason = ("audio not present before the command expired"
+                      if not self.store.has_audio(q.item.content) else
+                      "not started before the command expired")
+            self.store.record_missed(occ.key, q.item.id, q.item.content, now, reason, now)
+            self.on_record(occ.key, q.item.id, "missed", reason)
+        ready = [q for q in self.queued if q.not_before <= mono
+                 and (q.item.stream or self.store.has_audio(q.item.content))]
+        if not ready:
+            return None
+        q = min(ready, key=lambda q: (-int(q.item.priority), q.not_before, q.item.id))
+        return Occurrence(now, replace(q.item, start=now))
+
+    def stop_where(self, match: Callable[[Item], bool], reason: str) -> list[str]:
+        """A ``stop`` command: what is on air (if it matches) ends now, recorded ``stopped``;
+        commanded plays that match and have not started never will. Returns what it stopped."""
+        now = self.clock.now()
+        stopped = []
+        for q in [q for q in self.queued if match(q.item)]:
+            self.queued.remove(q)
+            occ = Occurrence(now, replace(q.item, start=now))
+            self.store.record_missed(occ.key, q.item.id, q.item.content, now, reason, now,
+                                     outcome="stopped")
+            self.on_record(occ.key, q.item.id, "stopped", reason)
+            stopped.append(occ.key)
+        cur = self.current
+        if cur is not None and not cur.selftest and match(cur.occ.item):
+            stopped.append(cur.key or cur.occ.key)
+            self._end(now, "stopped", reason, stop_player=True)
+        return stopped
 
     # -- local controls and the self-test -------------------------------------------------
     def stop(self, reason: str) -> bool:
@@ -204,18 +270,21 @@ class Runner:
         self._selftest(key, datetime.combine(local.date(), self.selftest_at, TZ), now,
                        "silent self-test")
 
-    def selftest_now(self, why: str) -> bool:
-        """A silent self-test at once (after a restart with a relay or amplifier alarm held),
-        unless the air is busy."""
+    def selftest_now(self, why: str, item_id: str = "selftest") -> bool:
+        """A silent self-test at once (after a restart with a relay or amplifier alarm held,
+        or commanded), unless the air is busy."""
         if self.current is not None or self.live_mic_until is not None:
             return False
         now = self.clock.now()
-        self._selftest(f"selftest@{now:%Y%m%dT%H%M%SZ}", now, now, f"silent self-test: {why}")
+        self._selftest(f"selftest@{now:%Y%m%dT%H%M%S%fZ}", now, now, f"silent self-test: {why}",
+                       item_id)
         return True
 
-    def _selftest(self, key: str, start: datetime, now: datetime, title: str) -> None:
-        item = Item("selftest", "", 1000, Priority.THONG_THUONG, start, title=title)
-        self.store.start_play(key, "selftest", "", start, now)
+    def _selftest(self, key: str, start: datetime, now: datetime, title: str,
+                  item_id: str = "selftest") -> None:
+        item = Item(item_id, "", 1000, Priority.THONG_THUONG, start, title=title)
+        self.store.start_play(key, item_id, "", start, now)
+        self.on_record(key, item_id, "started", "")
         self._amp_off_at = None
         if not self.board.amp_relay_on:
             self.board.amp_on()
@@ -244,9 +313,10 @@ class Runner:
             self._checked_saved = mono
 
     def _start(self, occ: Occurrence, now: datetime, relay_already_on: bool = False) -> None:
-        if not self.store.has_audio(occ.item.content):
+        if not occ.item.stream and not self.store.has_audio(occ.item.content):
             self.store.record_missed(occ.key, occ.item.id, occ.item.content, occ.start,
                                      "audio not present", now)
+            self.on_record(occ.key, occ.item.id, "missed", "audio not present")
             if relay_already_on:
                 self.board.amp_off()
             return
@@ -260,6 +330,7 @@ class Runner:
             self._fail(now, "audio", bad, "audio_corrupt")
             return
         self.store.start_play(occ.key, occ.item.id, occ.item.content, occ.start, now)
+        self.on_record(occ.key, occ.item.id, "started", "")
         mono = self.clock.monotonic()
         self._amp_off_at = None
         if not self.board.amp_relay_on:
@@ -394,6 +465,7 @@ class Runner:
                   **(extra or {})}
         self.store.finish_play(cur.key or cur.occ.key, outcome, detail, now, record)
         log.info("%s: %s %s", cur.key or cur.occ.key, outcome, detail)
+        self.on_record(cur.key or cur.occ.key, cur.occ.item.id, outcome, detail)
 
     def status(self) -> dict[str, Any]:
         cur = self.current

@@ -31,6 +31,13 @@ def m001_initial(db) -> None:
                        pk="key")
 
 
+@migrations
+def m002_commands(db) -> None:
+    db["commands"].create({"id": str, "stream": str, "seq": int, "action": str, "body": str,
+                           "expires_at": str, "received_at": str, "state": str,
+                           "detail": str}, pk="id")
+
+
 class StationStore:
     def __init__(self, data_dir: str | os.PathLike[str]) -> None:
         self.dir = Path(data_dir)
@@ -207,6 +214,47 @@ class StationStore:
             self.db.execute("INSERT OR REPLACE INTO audio VALUES (?, ?, ?)", [sha, size, iso(at)])
             self._event("audio.stored", {"sha": sha, "size": size}, at)
 
+    # -- commands --------------------------------------------------------------------------
+    def command_state(self, cid: str) -> str | None:
+        row = self.db.execute("SELECT state FROM commands WHERE id = ?", [cid]).fetchone()
+        return row[0] if row else None
+
+    def last_command_seq(self, stream: str) -> int:
+        return int(self.get(f"cmdseq.{stream}", "0") or 0)
+
+    def accept_command(self, cid: str, stream: str, seq: int, action: str, body: dict,
+                       expires: datetime, at: datetime) -> None:
+        """Recorded before anything is done, with its sequence, in one transaction: a command
+        is executed at most once, whatever crashes."""
+        with self._lock, write(self.db):
+            self.db.execute("INSERT INTO commands VALUES (?, ?, ?, ?, ?, ?, ?, 'accepted', '')",
+                            [cid, stream, seq, action, json.dumps(body, ensure_ascii=False),
+                             iso(expires), iso(at)])
+            self.put(f"cmdseq.{stream}", seq)
+            self._event("command", {"id": cid, "action": action, "state": "accepted"}, at)
+
+    def command_progress(self, cid: str, state: str, detail: str, at: datetime,
+                         extra: dict[str, Any] | None = None) -> None:
+        with self._lock, write(self.db):
+            row = self.db.execute("SELECT action FROM commands WHERE id = ?", [cid]).fetchone()
+            self.db.execute("UPDATE commands SET state = ?, detail = ? WHERE id = ?",
+                            [state, detail[:300], cid])
+            self._event("command", {"id": cid, "action": row[0] if row else None,
+                                    "state": state, "detail": detail[:300], **(extra or {})}, at)
+
+    def refuse_command(self, cid: str, action: str, reason: str, detail: str,
+                       at: datetime) -> None:
+        """A verified command refused (expired, replayed, for another target): reported
+        under its id, so the hub's delivery table shows it."""
+        self.event("command", {"id": cid, "action": action, "state": "refused",
+                               "reason": reason, "detail": detail[:300]}, at)
+
+    def unfinished_commands(self) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT id, action, body, expires_at, state FROM commands "
+                               "WHERE state IN ('accepted', 'started')").fetchall()
+        return [{"id": i, "action": a, "body": json.loads(b), "expires_at": e, "state": st}
+                for i, a, b, e, st in rows]
+
     # -- plays -----------------------------------------------------------------------------
     def play_state(self, key: str) -> str | None:
         row = self.db.execute("SELECT outcome FROM plays WHERE key = ?", [key]).fetchone()
@@ -235,13 +283,14 @@ class StationStore:
             return self._event("playback", data, at)
 
     def record_missed(self, key: str, item: str, content: str, scheduled: datetime,
-                      reason: str, at: datetime) -> int:
+                      reason: str, at: datetime, outcome: str = "missed") -> int:
+        """An occurrence that never started: ``missed`` (or ``stopped`` before it started)."""
         with self._lock, write(self.db):
-            self.db.execute("INSERT INTO plays VALUES (?, ?, ?, ?, NULL, ?, 'missed', ?)",
-                            [key, item, content, iso(scheduled), iso(at), reason])
+            self.db.execute("INSERT INTO plays VALUES (?, ?, ?, ?, NULL, ?, ?, ?)",
+                            [key, item, content, iso(scheduled), iso(at), outcome, reason])
             return self._event("playback", {
                 "occurrence": key, "item": item, "content": content, "scheduled": iso(scheduled),
-                "started": None, "ended": None, "outcome": "missed", "detail": reason}, at)
+                "started": None, "ended": None, "outcome": outcome, "detail": reason}, at)
 
     def interrupted_plays(self) -> list[str]:
         return [r[0] for r in self.db.execute(
