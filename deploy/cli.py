@@ -13,6 +13,7 @@ def build() -> argparse.ArgumentParser:
     from audio import cli as audio_cli
     from hub import cli as hub_cli
     from station_agent import cli as agent_cli
+    from station_agent import simfleet
     from . import demo
 
     parser = argparse.ArgumentParser(prog="loaxa", description="loaxa: loa xã, the commune "
@@ -24,6 +25,7 @@ def build() -> argparse.ArgumentParser:
     agent_cli.register(sub)
     audio_cli.register(sub)
     demo.register(sub)
+    simfleet.register(sub)
     return parser
 
 

@@ -10,7 +10,9 @@ HUB_CN = "loaxa-hub"
 
 def render_acl(prefix: str = "loaxa", hub_cn: str = HUB_CN) -> str:
     p = Topics(prefix).prefix  # validated: no wildcards, no trailing '/'
-    shared = [f"topic read {p}/all/cmd", f"topic read {p}/group/+/cmd", f"topic read {p}/hub/state"]
+    shared = [f"topic read {p}/all/cmd", f"topic read {p}/group/+/cmd",
+              f"topic read {p}/all/audio", f"topic read {p}/group/+/audio",
+              f"topic read {p}/hub/state"]
     station = [f"pattern read {p}/station/%u/{leaf}" for leaf in ("bundle", "cmd", "audio", "ack")]
     station += [f"pattern write {p}/station/%u/{leaf}"
                 for leaf in ("state", "events", "health", "fetch")]

@@ -143,6 +143,10 @@ class Board:
     def amp_fault(self) -> bool | None:
         return self._read("amp_fault")
 
+    @property
+    def zone_count(self) -> int:
+        return len(self._zones)
+
     def zones_on(self) -> None:
         for z in self._zones:
             z.on()

@@ -83,8 +83,9 @@ class SimulatedEquipment:
             amp_cmd = self._level(self.relay_pin)
             closed = (amp_cmd or Fault.RELAY_STUCK_CLOSED in f) and Fault.RELAY_STUCK_OPEN not in f
             if closed and not self._was_closed:
-                self._warm = False
-                self._start_warmup()
+                self._warm = self.amp_warmup_s <= 0  # an amplifier with no warm-up: no timer
+                if not self._warm:
+                    self._start_warmup()
             elif not closed:
                 self._warm = False
                 if self._timer:

@@ -353,7 +353,8 @@ def play_body(content: dict, *, priority: Priority, repeat: int = 1, gap_s: int 
         raise HubError("luồng tiếp âm phải là https:// / a stream must be an https:// URL")
     body = {"content": content["sha"], "size": content["size"],
             "duration_ms": duration_ms or content["duration_ms"], "priority": int(priority),
-            "repeat": repeat, "gap_s": gap_s, "title": title or content["title"] or ""}
+            "repeat": repeat, "gap_s": gap_s, "title": title or content["title"] or "",
+            "push": True}  # the hub sends the audio once with it, to all its targets
     if stream:
         body["stream"] = stream
     return body

@@ -47,6 +47,7 @@ class HubLink:
         # re-sends them after a reconnect, so a repeated fetch must not send them again
         self._in_flight: dict[tuple[str, str, int], Any] = {}
         self._data_version: int | None = None
+        self._stamp: tuple | None = None
         self._last_plan = -1e9
         self.link = MqttLink(
             client_id=f"hub-{signer.sender}", broker=broker,
@@ -90,8 +91,8 @@ class HubLink:
                 msg = self.link.inbox.get_nowait()
             except queue.Empty:
                 msg = None
+        self.publish_commands()  # first: a command must not wait for a fleet's replanning
         self.replan_if_changed()
-        self.publish_commands()
         if self.clock.monotonic() - self._watched >= WATCH_EVERY_S:
             self.watch()
 
@@ -116,7 +117,11 @@ class HubLink:
         mono = self.clock.monotonic()
         if not force and dv == self._data_version and mono - self._last_plan < REPLAN_EVERY_S:
             return 0
-        self._data_version, self._last_plan = dv, mono
+        self._data_version = dv
+        stamp = self.store.programme_stamp()
+        if not force and stamp == self._stamp and mono - self._last_plan < REPLAN_EVERY_S:
+            return 0  # another process wrote, but nothing a bundle is made of (a command)
+        self._stamp, self._last_plan = stamp, mono
         issued = 0
         now = self.clock.now()
         for st in self.store.stations():
@@ -134,16 +139,32 @@ class HubLink:
             return 0
         n = 0
         for c in self.store.unpublished_commands(self.clock.now()):
-            kind, _, name = c["target"].partition(":")
-            topic = (self.topics.all_command() if c["target"] == "all" else
-                     self.topics.group_command(name) if kind == "group" else
-                     self.topics.command(name))
-            if self.link.publish(topic, c["raw"].encode("utf-8")) is None:
+            if self.link.publish(self.topics.target_command(c["target"]),
+                                 c["raw"].encode("utf-8")) is None:
                 break  # not connected after all: the rest wait for the next step
             self.store.mark_published(c["id"], self.clock.now())
             self._count("commands.published")
+            body = json.loads(c["body"])
+            if c["action"] == "play" and body.get("push"):
+                self._push(c["target"], body["content"])
             n += 1
         return n
+
+    def _push(self, target: str, sha: str) -> None:
+        """A commanded play's audio, once, to all of its targets (the broker fans it out):
+        stations that hold it ignore it, the others take it without asking, and one that
+        misses chunks asks for the rest with an ordinary fetch."""
+        try:
+            blob = self.store.content_path(sha).read_bytes()
+        except OSError:
+            log.error("cannot push %s: its file is missing", sha[:12])
+            return
+        topic = self.topics.target_audio(target)
+        for off in range(0, len(blob), chunks.CHUNK_SIZE):
+            raw = chunks.encode(sha, off, len(blob), blob[off:off + chunks.CHUNK_SIZE])
+            if self.link.publish(topic, raw) is None:
+                return
+            self._count("audio.chunks_pushed")
 
     def _republish_bundles(self) -> None:
         """On every connect: the broker may have lost retained bundles (restart without
@@ -262,6 +283,18 @@ class HubLink:
         except (TypeError, ValueError):
             raise Refused(Reason.MALFORMED, "bad station state summary") from None
 
+    def _alive(self, sid: str, bdseq: Any) -> None:
+        """A report is a sign of life from the connection it names: a station the hub does not
+        hold online (its birth missed: seen under load) is online again, unless a newer
+        connection's death has been heard since."""
+        if not isinstance(bdseq, int) or isinstance(bdseq, bool):
+            return
+        cur = self.store.state(sid) or {}
+        if cur.get("online") != 1 and bdseq > (cur.get("bdseq") or 0):
+            self.store.set_state(sid, online=1, since=iso(self.clock.now()), bdseq=bdseq,
+                                 last_seen=iso(self.clock.now()))
+            self._count("presence.from_report")
+
     def _reconcile(self, sid: str, summary: dict[str, Any]) -> None:
         """Desired state: a station holding an older programme gets the current one again
         (the broker may have lost the retained copy)."""
@@ -293,6 +326,7 @@ class HubLink:
             new = self.store.store_events(sid, events, self.clock.now(), sent_at)
             if isinstance(body.get("state"), dict):
                 self._apply_summary(sid, body["state"])
+                self._alive(sid, body["state"].get("bdseq"))
             for e in new:
                 if e["kind"] == "agent.started" and not e["historical"]:
                     cur = self.store.state(sid) or {}

@@ -115,6 +115,19 @@ class HubStore:
     def close(self) -> None:
         self.db.close()
 
+    def programme_stamp(self) -> tuple:
+        """Changes whenever something a bundle is made of changes (items, stations, groups,
+        content, heightened periods, emergency messages); one cheap query."""
+        return tuple(self.db.execute(
+            "SELECT (SELECT count(*) || ':' || coalesce(max(created_at), '') || ':' || "
+            "count(cancelled_at) || ':' || coalesce(max(cancelled_at), '') "
+            "FROM schedule_items), "
+            "(SELECT count(*) FROM stations), (SELECT count(*) FROM station_groups), "
+            "(SELECT count(*) FROM content), "
+            "(SELECT count(*) || ':' || coalesce(max(created_at), '') FROM heightened), "
+            "(SELECT group_concat(key || '=' || value) FROM settings "
+            " WHERE key LIKE 'emergency:%')").fetchone())
+
     def data_version(self) -> int:
         """Changes whenever another connection commits (cheap change detection)."""
         return self.db.execute("PRAGMA data_version").fetchone()[0]

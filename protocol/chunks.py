@@ -37,14 +37,22 @@ def encode(sha: str, offset: int, total: int, data: bytes) -> bytes:
                        hashlib.sha256(data).digest()) + data
 
 
-def decode(raw: bytes) -> Chunk:
+def decode(raw: bytes, *, verify: bool = True) -> Chunk:
+    """The chunk, its data hash-checked (``verify=False`` reads the header only, for a
+    receiver deciding whether it wants the chunk at all; ``check`` it before use)."""
     if len(raw) < HEADER.size or raw[:4] != MAGIC:
         raise Refused(Reason.MALFORMED, "not an audio chunk")
     _, sha, offset, total, chunk_sha = HEADER.unpack_from(raw)
     data = raw[HEADER.size:]
     if offset + len(data) > total or len(data) > 4 * CHUNK_SIZE:
         raise Refused(Reason.MALFORMED, "chunk header out of range")
-    if hashlib.sha256(data).digest() != chunk_sha:
-        raise Refused(Reason.BAD_AUDIO, f"chunk at {offset} of {sha.hex()[:12]} is corrupt")
-    return Chunk(sha.hex(), offset, total, data)
+    c = Chunk(sha.hex(), offset, total, data)
+    if verify:
+        check(raw, c)
+    return c
+
+
+def check(raw: bytes, c: Chunk) -> None:
+    if hashlib.sha256(c.data).digest() != raw[HEADER.size - 32:HEADER.size]:
+        raise Refused(Reason.BAD_AUDIO, f"chunk at {c.offset} of {c.sha[:12]} is corrupt")
 

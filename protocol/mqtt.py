@@ -138,8 +138,12 @@ class MqttLink:
         self, *, client_id: str, broker: BrokerConfig, subscriptions: list[str],
         will: Callable[[int], Will] | None = None, bdseq_epoch: int = 0,
         on_connected: Callable[[int], None] | None = None,
+        loop: "SharedLoop | None" = None,
     ) -> None:
+        """``loop``: drive this link from a ``SharedLoop`` (one thread, many links: the
+        simulated fleet) instead of paho's own thread."""
         self.broker = broker
+        self._loop = loop
         self.subscriptions = list(subscriptions)
         self.inbox: "queue.Queue[Inbound]" = queue.Queue()
         self.connected = threading.Event()
@@ -175,16 +179,32 @@ class MqttLink:
         self._sub_mid: int | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
+    def _connect_kwargs(self) -> dict:
+        if not self._v5:
+            return {}
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.broker.session_expiry
+        return {"clean_start": False, "properties": props}
+
     def start(self) -> None:
         self._arm_will()
-        kwargs: dict = {}
-        if self._v5:
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = self.broker.session_expiry
-            kwargs = {"clean_start": False, "properties": props}
         self._client.connect_async(self.broker.host, self.broker.port,
-                                   keepalive=self.broker.keepalive, **kwargs)
-        self._client.loop_start()
+                                   keepalive=self.broker.keepalive, **self._connect_kwargs())
+        if self._loop is not None:
+            self._loop.attach(self)
+        else:
+            self._client.loop_start()
+
+    def _reconnect(self) -> bool:
+        """One connection attempt from the shared loop; False (and the cause kept) if the
+        socket could not be opened."""
+        try:
+            self._client.reconnect()
+            return True
+        except OSError:
+            self._handle_connect_fail(self._client, None)
+            self._arm_will()
+            return False
 
     def stop(self, *, send_will: bool = False) -> None:
         """Disconnect. With ``send_will`` (v5) the broker still publishes the last will."""
@@ -194,7 +214,10 @@ class MqttLink:
             else:
                 self._client.disconnect()
         finally:
-            self._client.loop_stop()
+            if self._loop is not None:
+                self._loop.detach(self)
+            else:
+                self._client.loop_stop()
             self.connected.clear()
 
     def wait_connected(self, timeout: float) -> bool:
@@ -278,6 +301,8 @@ class MqttLink:
         self._ready()
 
     def _ready(self) -> None:
+        if self._loop is not None:
+            self._loop._retry.pop(self, None)  # back-off starts afresh at the next drop
         if self.failure is not None and self.failure.cause != "not_authorised":
             log.info("broker %s:%s reached again", self.broker.host, self.broker.port)
             self.failure = None
@@ -309,6 +334,100 @@ class MqttLink:
                 self.failure = Failure("lost", f"connection lost: {reason_code}")
         self._connack = False
         self._arm_will()  # the next attempt carries a new bdseq
+        if self._loop is not None and reason_code.is_failure:
+            self._loop.reconnect_later(self)
 
     def _handle_message(self, client, userdata, msg) -> None:
         self.inbox.put(Inbound(msg.topic, bytes(msg.payload), bool(msg.retain)))
+
+
+class SharedLoop:
+    """Many links on one thread (the simulated fleet, load tests): paho's external-loop
+    interface (socket callbacks, ``loop_read`` / ``loop_write`` / ``loop_misc``) driven by one
+    selector (epoll). paho's own threaded loop uses ``select()`` and fails silently past ~340
+    clients in one process; this costs a few KiB per link. Reconnects back off 1 s to 15 s."""
+
+    MISC_EVERY_S = 1.0
+
+    def __init__(self) -> None:
+        import selectors
+        self._selectors = selectors
+        self.sel = selectors.DefaultSelector()
+        self.links: set[MqttLink] = set()
+        self._retry: dict[MqttLink, tuple[float, float]] = {}  # link -> (due, delay)
+        self._misc_at = 0.0
+        self.touched: set[MqttLink] = set()  # links that had traffic since the owner looked
+
+    def attach(self, link: MqttLink) -> None:
+        c = link._client
+        c.on_socket_open = lambda client, ud, sock: self._register(sock, link)
+        c.on_socket_close = lambda client, ud, sock: self._unregister(sock)
+        c.on_socket_register_write = lambda client, ud, sock: self._want(sock, link, True)
+        c.on_socket_unregister_write = lambda client, ud, sock: self._want(sock, link, False)
+        self.links.add(link)
+        if not link._reconnect():
+            self.reconnect_later(link)
+
+    def detach(self, link: MqttLink) -> None:
+        c = link._client
+        if c.socket() is not None:
+            try:
+                c.loop_write()  # the DISCONNECT packet
+            except OSError:
+                pass
+            sock = c.socket()
+            if sock is not None:
+                self._unregister(sock)
+                sock.close()
+        self.links.discard(link)
+        self._retry.pop(link, None)
+
+    def reconnect_later(self, link: MqttLink) -> None:
+        import time
+        _, delay = self._retry.get(link, (0.0, 0.5))
+        delay = min(delay * 2, 15.0)
+        self._retry[link] = (time.monotonic() + delay, delay)
+
+    def _register(self, sock, link: MqttLink) -> None:
+        try:
+            self.sel.register(sock, self._selectors.EVENT_READ, link)
+        except (KeyError, ValueError):
+            pass
+
+    def _unregister(self, sock) -> None:
+        try:
+            self.sel.unregister(sock)
+        except (KeyError, ValueError):
+            pass
+
+    def _want(self, sock, link: MqttLink, write: bool) -> None:
+        ev = self._selectors.EVENT_READ | (self._selectors.EVENT_WRITE if write else 0)
+        try:
+            self.sel.modify(sock, ev, link)
+        except (KeyError, ValueError):
+            pass
+
+    def poll(self, timeout: float) -> int:
+        """Wait up to ``timeout`` for network events and handle them; returns how many."""
+        import time
+        events = self.sel.select(timeout) if self.sel.get_map() else []
+        for key, mask in events:
+            c = key.data._client
+            if mask & self._selectors.EVENT_READ:
+                c.loop_read()
+                self.touched.add(key.data)
+            if mask & self._selectors.EVENT_WRITE and c.socket() is not None:
+                c.loop_write()
+        now = time.monotonic()
+        if now - self._misc_at >= self.MISC_EVERY_S:
+            self._misc_at = now
+            for link in list(self.links):
+                link._client.loop_misc()
+        for link, (due, delay) in list(self._retry.items()):
+            if now >= due and link in self.links:
+                self.touched.add(link)
+                if link._reconnect():
+                    self._retry[link] = (float("inf"), delay)  # until a disconnect again
+                else:
+                    self.reconnect_later(link)
+        return len(events)

@@ -50,6 +50,20 @@ class Topics:
     def audio(self, station: str) -> str:
         return f"{self.prefix}/station/{check_id(station, 'station')}/audio"
 
+    def target_audio(self, target: str) -> str:
+        """Where audio pushed with a command goes: once to all, a group, or one station."""
+        kind, _, name = target.partition(":")
+        if target == "all":
+            return f"{self.prefix}/all/audio"
+        if kind == "group":
+            return f"{self.prefix}/group/{check_id(name, 'group')}/audio"
+        return self.audio(name)
+
+    def target_command(self, target: str) -> str:
+        kind, _, name = target.partition(":")
+        return (self.all_command() if target == "all" else
+                self.group_command(name) if kind == "group" else self.command(name))
+
     def ack(self, station: str) -> str:
         return f"{self.prefix}/station/{check_id(station, 'station')}/ack"
 
@@ -73,9 +87,10 @@ class Topics:
     def station_subscriptions(self, station: str, groups: tuple[str, ...] = ()) -> list[str]:
         subs = [
             self.bundle(station), self.command(station), self.audio(station), self.ack(station),
-            self.all_command(), self.hub_state(),
+            self.all_command(), self.target_audio("all"), self.hub_state(),
         ]
         subs += [self.group_command(g) for g in groups]
+        subs += [self.target_audio(f"group:{g}") for g in groups]
         return subs
 
     def parse_station_topic(self, topic: str) -> tuple[str, str] | None:

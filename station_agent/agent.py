@@ -42,6 +42,7 @@ TIME_ASK_EVERY_S = 10.0     # while the clock is not trusted
 TIME_CHECK_EVERY_S = 60.0   # while it is
 LINK_GRACE_S = 30.0         # a link not up this long after start is an alarm (not at once)
 REFUSAL_REPORT_EVERY_S = 10.0  # a flood of one refusal is counted in full, reported sparingly
+PUSH_GRACE_S = 3.0          # a pushed file that makes no progress this long is fetched
 NEXT_EVERY_S = 10.0         # how often the status file's "what plays next" is worked out
 # alarms the agent raises itself (health.* come from probes): 2 = fault, 1 = degraded
 ALARM_SEVERITY = {"clock": 2, "audio_device": 2, "audio_corrupt": 2, "amplifier": 2, "relay": 2,
@@ -52,8 +53,11 @@ _CONNECTED = Inbound("$local/connected", b"", False)
 
 class Agent:
     def __init__(self, cfg: StationConfig, *, clock: Clock | None = None, board: Any = None,
-                 player: Any = None) -> None:
+                 player: Any = None, loop: Any = None, status_file: bool = True) -> None:
+        """``loop``: a ``protocol.mqtt.SharedLoop`` driving this station's link (the simulated
+        fleet runs many stations on one thread); ``status_file``: write data/status.json."""
         self.cfg = cfg
+        self._status_file = status_file
         self._alarm_cache: dict[str, str] | None = None
         self.id = cfg.station_id
         self.clock = clock or make_clock(cfg.clock)
@@ -74,13 +78,16 @@ class Agent:
         floor = self.store.get("hub.time_floor")
         self.hub_time = HubTime(parse_iso(floor) if floor else None)
         self._hub_time_saved = -1e9
+        self._audio_topics = {self.topics.audio(self.id), self.topics.target_audio("all"),
+                              *(self.topics.target_audio(f"group:{g}") for g in cfg.groups)}
         self.commands = Commands(store=self.store, runner=self.runner, clock=self.clock,
-                                 player=self.player, report_now=lambda: self.report_now())
+                                 player=self.player, report_now=lambda: self.report_now(),
+                                 expect_push=lambda sha, size: self.expect_push(sha, size))
         self.link = MqttLink(
             client_id=f"station-{self.id}", broker=cfg.broker,
             subscriptions=self.topics.station_subscriptions(self.id, cfg.groups),
             will=self._will, bdseq_epoch=self.store.next_bdseq_epoch(),
-            on_connected=lambda bdseq: self.link.inbox.put(_CONNECTED),
+            on_connected=lambda bdseq: self.link.inbox.put(_CONNECTED), loop=loop,
         )
         self._sent: dict[int, float] = {}        # outbox seq -> monotonic time last sent
         self._fetching: dict[str, float] = {}    # sha -> monotonic time of last progress
@@ -107,6 +114,9 @@ class Agent:
         self._health_at = -1e9
         self._heartbeat_at = -1e9
         self._faults_seen: bytes | None = None
+        self._faults_read = -1e9
+        self._faults_logged = False
+        self._light_flush = -1e9
         self._presses_seen: dict[str, int] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -170,7 +180,10 @@ class Agent:
         finally:
             self.stop()
 
-    def step(self) -> None:
+    def step(self, *, light: bool = False) -> None:
+        """One turn of the station. ``light``: only what a play or a transfer in progress
+        needs (messages, the runner, audio requests, reports at most twice a second), for a
+        fleet that steps thousands of stations on one thread; a full step does the rest."""
         now, mono = self.clock.now(), self.clock.monotonic()
         change = self.trust.observe(now, mono)
         if change:
@@ -189,10 +202,14 @@ class Agent:
             self.handle(msg)
         # each phase on its own: a bug in one (logged, counted) never stops the others,
         # above all never the runner
-        for phase in (self._sim_faults, self._buttons, self._try_activate,
-                      lambda: self.runner.tick(timed=self.trust.trusted), self._request_audio,
-                      self._flush_reports, self._sample_health, self._heartbeat, self._leds,
-                      self._write_status):
+        tick = lambda: self.runner.tick(timed=self.trust.trusted)  # noqa: E731
+        if light:  # reports: flush_due(), after the fleet has stepped every busy station
+            phases = [tick, self._request_audio] if self._fetching else [tick]
+        else:
+            phases = [self._sim_faults, self._buttons, self._try_activate, tick,
+                      self._request_audio, self._flush_reports, self._sample_health,
+                      self._heartbeat, self._leds, self._write_status]
+        for phase in phases:
             try:
                 phase()
             except Exception:
@@ -307,8 +324,10 @@ class Agent:
     def _sim_faults(self) -> None:
         """A running simulated station takes the faults `loaxa agent fault` writes."""
         eq = getattr(self.board, "equipment", None)
-        if eq is None:
+        mono = self.clock.monotonic()
+        if eq is None or mono - self._faults_read < 0.25:
             return
+        self._faults_read = mono
         path = self.store.dir / SIM_FAULTS
         try:
             raw = path.read_bytes()  # a few bytes; each write carries a new counter
@@ -326,7 +345,9 @@ class Agent:
                 eq.press(button, True)
                 eq.press(button, False)
             self._presses_seen[button] = int(count)
-        log.warning("simulated faults now: %s", sorted(names) or "none")
+        if names or self._faults_logged:
+            log.warning("simulated faults now: %s", sorted(names) or "none")
+        self._faults_logged = bool(names)
 
     # -- alarms and clock ------------------------------------------------------------------
     def alarm(self, code: str, active: bool, detail: str = "") -> None:
@@ -396,6 +417,7 @@ class Agent:
                 "missing": self.store.missing_audio(wanted), "alarms": self.alarms(),
                 "clock": iso(self.clock.now()), "clock_trusted": self.trust.trusted,
                 "outbox": max(0, self.store.outbox_size() - in_flight),
+                "bdseq": self.link.bdseq,
                 "live_mic": self.runner.live_mic_until is not None}
 
     def _birth(self) -> None:
@@ -407,6 +429,14 @@ class Agent:
         self._sent.clear()  # resend anything unacknowledged on the new connection
         for sha in list(self._fetching):
             self._fetching[sha] = -1e9
+
+    def flush_due(self, every_s: float = 0.5) -> None:
+        """Send reports now if the last light flush is ``every_s`` old (the simulated fleet
+        calls it after a turn of light steps)."""
+        mono = self.clock.monotonic()
+        if mono - self._light_flush >= every_s:
+            self._light_flush = mono
+            self._flush_reports()
 
     def _flush_reports(self) -> None:
         if not self.link.connected.is_set():
@@ -429,6 +459,14 @@ class Agent:
         again)."""
         b = self.store.pending_bundle() or self.store.active_bundle()
         return {**self.commands.wanted(), **(b[1].get("content", {}) if b else {})}
+
+    def expect_push(self, sha: str, size: int) -> None:
+        """Audio the hub pushes with a command (once, to all of its targets): take its
+        chunks as they come and ask for it ourselves only if they stop coming."""
+        if sha in self._fetching or self.store.has_audio(sha):
+            return
+        self._fetching[sha] = self.clock.monotonic() - self.cfg.fetch_retry_s + PUSH_GRACE_S
+        self._window_end[sha] = size  # no window requests while the push progresses
 
     def _request_audio(self) -> None:
         if not self.link.connected.is_set():
@@ -469,7 +507,7 @@ class Agent:
         try:
             if msg.topic == t.bundle(self.id):
                 self._on_bundle(msg.payload)
-            elif msg.topic == t.audio(self.id):
+            elif msg.topic in self._audio_topics:
                 self._on_chunk(msg.payload)
             elif msg.topic == t.ack(self.id):
                 # acks are idempotent and time replies carry our nonce: neither is judged
@@ -583,26 +621,27 @@ class Agent:
             log.info("bundle %d active", pending[0])
 
     def _on_chunk(self, raw: bytes) -> None:
-        self.store.bump("audio.bytes_received", len(raw))
-        c = chunks.decode(raw)  # raises Refused on a malformed or corrupt chunk
-        # bound to the signed bundle: only audio it names, of exactly the size it states
+        self.store.bump("audio.bytes_received", len(raw), lazy=True)
+        c = chunks.decode(raw, verify=False)  # raises Refused on a malformed chunk
+        # bound to the signed bundle or command: only audio it names, of the size it states
         meta = self._wanted_content().get(c.sha)
-        if meta is None:  # not stored, so it costs nothing: a late chunk of an old programme
-            self.store.bump("ignored.chunk_unwanted")
+        if meta is None:  # not stored, so it costs nothing: audio this station already has,
+            self.store.bump("ignored.chunk_unwanted", lazy=True)  # or an old programme's
             return
         size = int(meta.get("size") or 0)
         if c.total != size:
             raise Refused(Reason.BAD_AUDIO, f"chunk of {c.sha[:12]} claims {c.total} bytes; "
                           f"the signed programme says {size}")
         if c.sha not in self._fetching or self.store.has_audio(c.sha):
-            self.store.bump("ignored.chunk")
+            self.store.bump("ignored.chunk", lazy=True)
             return
         have = self.store.part_size(c.sha)
         if c.offset != have:
-            self.store.bump("ignored.chunk")
+            self.store.bump("ignored.chunk", lazy=True)
             if c.offset > have:  # a gap: ask again from where we are
                 self._fetching[c.sha] = -1e9
             return
+        chunks.check(raw, c)  # corrupt data: refused (bad_audio)
         try:
             size = self.store.append_part(c.sha, c.data)
         except OSError as exc:
@@ -632,7 +671,7 @@ class Agent:
     # -- local status (read by the demo and the local console) ----------------------------
     def _write_status(self) -> None:
         mono = self.clock.monotonic()
-        if mono - self._last_status_mono < 0.2:
+        if not self._status_file or mono - self._last_status_mono < 0.2:
             return
         self._last_status_mono = mono
         summary = self.summary()

@@ -134,8 +134,10 @@ class HubTime:
 
 class Commands:
     def __init__(self, *, store: Any, runner: Any, clock: Any, player: Any,
-                 report_now: Callable[[], None]) -> None:
+                 report_now: Callable[[], None],
+                 expect_push: Callable[[str, int], None] = lambda sha, size: None) -> None:
         self.store = store
+        self.expect_push = expect_push
         self.runner = runner
         self.clock = clock
         self.player = player
@@ -190,6 +192,8 @@ class Commands:
         b = cmd.body
         repeat, gap = int(b.get("repeat", 1)), int(b.get("gap_s", 0))
         self.content[b["content"]] = {"size": int(b["size"]), "duration_ms": b["duration_ms"]}
+        if b.get("push"):
+            self.expect_push(b["content"], int(b["size"]))
         self._plays[cmd.id] = {"total": repeat, "ended": [], "started": False}
         now = self.clock.now()
         for k in range(repeat):

@@ -106,8 +106,11 @@ class ModemProbe:
         self._latest: Probe | None = None
         self._lock = threading.Lock()
         self._running: threading.Thread | None = None
+        self._absent = read is modem and not shutil.which("mmcli")  # no modem tooling here
 
     def latest(self) -> Probe | None:
+        if self._absent:
+            return None
         with self._lock:
             if self._running is None or not self._running.is_alive():
                 self._running = threading.Thread(target=self._run, name="modem-probe",

@@ -377,8 +377,9 @@ class Runner:
             if cur.zones_on_mono is None:  # 3. speaker zones on
                 self.board.zones_on()
                 cur.zones_on_at, cur.zones_on_mono = now, mono
-                return
-            if mono - cur.zones_on_mono < ZONE_SETTLE_S:
+                if self.board.zone_count:
+                    return  # their contacts settle before their feedback is read
+            elif mono - cur.zones_on_mono < ZONE_SETTLE_S:
                 return
             mismatch = self.board.feedback_mismatch()
             if mismatch:

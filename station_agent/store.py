@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from protocol.envelope import check_wire
 from protocol.storage import Migrations, open_db, write
 
 migrations = Migrations("station")
+LAZY_COUNTERS_S = 5.0
 
 
 @migrations
@@ -47,8 +49,12 @@ class StationStore:
         migrations.apply(self.db)
         self._lock = threading.RLock()
         self._parsed: dict[str, tuple[int, dict]] = {}
+        self._lazy: dict[str, int] = {}
+        self._lazy_at = time.monotonic()
 
     def close(self) -> None:
+        if self._lazy:
+            self.bump(next(iter(self._lazy)), 0)  # writes every pending lazy counter
         self.db.close()
 
     # -- meta and counters -----------------------------------------------------------------
@@ -60,15 +66,30 @@ class StationStore:
         self.db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) "
                         "DO UPDATE SET value = excluded.value", [key, str(value)])
 
-    def bump(self, counter: str, by: int = 1) -> int:
+    def bump(self, counter: str, by: int = 1, *, lazy: bool = False) -> int:
+        """Add to a counter. ``lazy``: for counters bumped per audio chunk, kept in memory and
+        written with the next plain bump or every few seconds (a crash may lose a few seconds
+        of them; what they count is never lost)."""
+        if lazy:
+            self._lazy[counter] = self._lazy.get(counter, 0) + by
+            if time.monotonic() - self._lazy_at < LAZY_COUNTERS_S:
+                return 0
         with self._lock, write(self.db):
-            n = int(self.get(f"count.{counter}", "0")) + by
-            self.put(f"count.{counter}", n)
-            return n
+            pending, self._lazy, self._lazy_at = self._lazy, {}, time.monotonic()
+            if not lazy:
+                pending[counter] = pending.get(counter, 0) + by
+            n = 0
+            for name, add in pending.items():
+                n = int(self.get(f"count.{name}", "0")) + add
+                self.put(f"count.{name}", n)
+            return n if not lazy else 0
 
     def counters(self) -> dict[str, int]:
         rows = self.db.execute("SELECT key, value FROM meta WHERE key LIKE 'count.%'")
-        return {k[6:]: int(v) for k, v in rows.fetchall()}
+        out = {k[6:]: int(v) for k, v in rows.fetchall()}
+        for name, add in self._lazy.items():
+            out[name] = out.get(name, 0) + add
+        return out
 
     def next_bdseq_epoch(self) -> int:
         """Once per process start, on the owning thread: the link numbers its connection

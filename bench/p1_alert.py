@@ -1,0 +1,197 @@
+"""P1 (issue 9): a khẩn cấp alert to N simulated stations, beside raw mosquitto fan-out.
+
+- baseline: one QoS 1 message of the alert command's size, published once to N bare
+  subscribers on one event loop (``protocol.mqtt.SharedLoop``); per subscriber, publish to
+  receipt.
+- held: the alert's audio is already on every station; per station, from the command being
+  issued (`hub.admin.issue_command`, as `loaxa hub alert` does) to the instant its null player
+  starts, through `hub serve` (its own process) and `loaxa sim fleet` (one process).
+- pushed: the same with 60 s of new audio the stations must first fetch.
+Also the hub's CPU seconds for each alert (from /proc).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+def _summary(lat: list[float], n: int) -> dict:
+    if not lat:
+        return {"reached": 0, "of": n}
+    return {"reached": len(lat), "of": n, "p50_ms": round(statistics.median(lat) * 1000, 1),
+            "p99_ms": round(_pct(lat, 0.99) * 1000, 1), "max_ms": round(max(lat) * 1000, 1)}
+
+
+def fanout_baseline(port: int, n: int, size: int) -> dict:
+    from protocol.mqtt import BrokerConfig, MqttLink, SharedLoop
+    loop = SharedLoop()
+    broker = BrokerConfig(port=port, keepalive=60)
+    subs = [MqttLink(client_id=f"fan-{i}", broker=broker, subscriptions=["bench/fanout"],
+                     loop=loop) for i in range(n)]
+    for s in subs:
+        s.start()
+    deadline = time.monotonic() + 120
+    while sum(s.connected.is_set() for s in subs) < n and time.monotonic() < deadline:
+        loop.poll(0.01)
+    pub = MqttLink(client_id="fan-pub", broker=broker, subscriptions=[], loop=loop)
+    pub.start()
+    while not pub.connected.is_set():
+        loop.poll(0.01)
+    got: dict[int, float] = {}
+    t0 = time.monotonic()
+    pub.publish("bench/fanout", b"x" * size, qos=1)
+    while len(got) < n and time.monotonic() - t0 < 60:
+        loop.poll(0.005)
+        now = time.monotonic()
+        for link in loop.touched:
+            if link is not pub and not link.inbox.empty():
+                while not link.inbox.empty():
+                    link.inbox.get_nowait()
+                got.setdefault(id(link), now - t0)
+        loop.touched.clear()
+    for s in [*subs, pub]:
+        s.stop()
+    return _summary(list(got.values()), n)
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _starts(path: Path, sha: str, since: float) -> dict[str, float]:
+    out: dict[str, float] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            d = json.loads(line)
+            if d["content"] == sha and d["at"] >= since:
+                out.setdefault(d["station"], d["at"] - since)
+    return out
+
+
+def _alert(home: Path, store, cfg, content: dict, n: int, starts: Path, hub_pid: int,
+           limit_s: float) -> dict:
+    from hub.admin import issue_command, play_body
+    from protocol.clock import SystemClock
+    from schedules import Priority
+    cpu0 = _cpu_s(hub_pid)
+    t0 = time.time()
+    issue_command(cfg, store, "play", "all", play_body(content, priority=Priority.KHAN_CAP),
+                  now=SystemClock().now(), ttl_s=300)
+    got: dict[str, float] = {}
+    while len(got) < n and time.time() - t0 < limit_s:
+        time.sleep(0.25)  # polling the fleet's record of starts, not waiting on a schedule
+        got = _starts(starts, content["sha"], t0)
+    return {**_summary(list(got.values()), n), "hub_cpu_s": round(_cpu_s(hub_pid) - cpu0, 2)}
+
+
+def run(n: int = int(os.environ.get("LOAXA_P1_STATIONS", "2000"))) -> dict:
+    from audio import synthesize
+    from bench.__main__ import _announcement
+    from deploy.broker import Mosquitto
+    from hub import config as hubconfig
+    from hub.admin import add_content_file, init_hub
+    from hub.store import HubStore
+    from protocol.clock import SystemClock
+    from station_agent.simfleet import default_root, enrol
+    from station_agent.store import StationStore
+
+    work = Path(tempfile.mkdtemp(prefix="loaxa-p1-"))
+    root = default_root() / f"loaxa-p1-{os.getpid()}"
+    broker = Mosquitto(work / "broker").start()
+    procs: list[subprocess.Popen] = []
+    t_start = time.monotonic()
+    try:
+        cmd_size = 700  # an alert command envelope is about this size (measured below)
+        baseline = fanout_baseline(broker.port, n, cmd_size)
+        home = work / "hub"
+        init_hub(home, broker_host="127.0.0.1", broker_port=broker.port)
+        cfg = hubconfig.load(home)
+        store = HubStore(cfg.db_path)
+        now = SystemClock().now()
+        short = synthesize("Báo động khẩn cấp: lũ đang lên, bà con sơ tán ngay.",
+                           engine="espeak-ng")
+        src = work / "short.wav"
+        src.write_bytes(short.data)
+        held = add_content_file(store, src, title="P1 held", now=now)
+        long_src = _announcement(work)
+        pushed = add_content_file(store, long_src, title="P1 pushed 60 s", now=now)
+        configs = enrol(home, n, root)
+        data = store.content_path(held["sha"]).read_bytes()
+        for c in configs:  # the held alert's audio is already on every station
+            s = StationStore(c.data_dir)
+            s.append_part(held["sha"], data)
+            s.keep_audio(held["sha"], now)
+            s.close()
+        env = dict(os.environ, PYTHONPATH=str(ROOT), LOAXA_LOG="WARNING")
+        logs = work / "logs"
+        logs.mkdir()
+        hub = subprocess.Popen([sys.executable, "-m", "deploy.cli", "hub", "--home", str(home),
+                                "serve"], stdout=open(logs / "hub.log", "w"),
+                               stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        procs.append(hub)
+        starts = work / "starts.jsonl"
+        fleet = subprocess.Popen([sys.executable, "-m", "deploy.cli", "sim", "fleet",
+                                  "--stations", str(n), "--hub-home", str(home), "--root",
+                                  str(root), "--starts", str(starts), "--play-s", "1"],
+                                 stdout=open(logs / "fleet.log", "w"),
+                                 stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        procs.append(fleet)
+        deadline = time.monotonic() + 180
+        online = 0
+        while online < n and time.monotonic() < deadline:
+            time.sleep(1)  # polling the hub's view of presence
+            online = store.q("SELECT count(*) AS n FROM station_state WHERE online = 1")[0]["n"]
+        ready_s = time.monotonic() - t_start
+        time.sleep(5)  # let the births' reconciliation and first reports drain
+        held_r = _alert(home, store, cfg, held, n, starts, hub.pid, 60)
+        cmd = store.q("SELECT raw FROM commands ORDER BY issued_at DESC LIMIT 1")[0]["raw"]
+        pushed_r = _alert(home, store, cfg, pushed, n, starts, hub.pid, 120)
+        store.close()
+        return {
+            "name": "p1_alert", "stations": n, "online_before_alerts": online,
+            "setup_s": round(ready_s, 1), "command_bytes": len(cmd),
+            "baseline_raw_fanout": {**baseline, "message_bytes": cmd_size},
+            "held_audio": held_r,
+            "pushed_audio": {**pushed_r, "audio_bytes": pushed["size"],
+                             "audio_s": pushed["duration_ms"] / 1000},
+            "targets": {"held_p99_vs_baseline_p99": 1.5, "pushed_p99_s": 3.0},
+            "meets_targets": bool(
+                held_r.get("reached") == n and pushed_r.get("reached") == n
+                and held_r["p99_ms"] <= 1.5 * baseline.get("p99_ms", 0)
+                and pushed_r["p99_ms"] <= 3000),
+            "total_s": round(time.monotonic() - t_start, 1),
+        }
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        broker.stop()
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+    r = {**run(n), "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    print(json.dumps(r, indent=1))

@@ -1,0 +1,261 @@
+"""`loaxa sim fleet`: many protocol-faithful stations in one process, on one thread.
+
+Each simulated station is the real station agent: its own Ed25519 key and SQLite store, the
+real verification, schedule, runner and command code, and a simulated board, with a null
+player that records the instant each playback would start. Its link is driven by one shared
+epoll loop (``protocol.mqtt.SharedLoop``) instead of a thread of its own: paho's threaded
+loop fails silently past ~340 clients in a process. A station is stepped when it has
+something to do (a message, a play in progress or queued, a download) and otherwise once every
+``idle_every_s`` (reports, heartbeats, health), so an idle fleet costs little.
+
+Stores go under a memory-backed folder when there is one (``/dev/shm``): two thousand real
+stations each commit to their own SD card in parallel; one disk taking all their fsyncs in
+turn would measure the disk, not the protocol.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from audio.player import Outcome
+from protocol.clock import Clock, SystemClock, iso
+from protocol.envelope import Signer, public_to_text
+from protocol.mqtt import SharedLoop
+from protocol.storage import write
+
+from .agent import Agent
+from .config import StationConfig
+
+log = logging.getLogger("loaxa.sim")
+PREFIX = "sim-"
+
+
+class NullPlayback:
+    def __init__(self, clock: Clock, seconds: float) -> None:
+        self._clock = clock
+        self._end = clock.monotonic() + seconds
+        self.outcome: Outcome | None = None
+
+    def poll(self) -> Outcome | None:
+        if self.outcome is None and self._clock.monotonic() >= self._end:
+            self.outcome = Outcome(True, 0, "", False)
+        return self.outcome
+
+    def stop(self, timeout: float = 0.08) -> Outcome:
+        if self.outcome is None:
+            self.outcome = Outcome(False, -15, "", True)
+        return self.outcome
+
+
+class NullPlayer:
+    """Plays nothing; tells ``on_start`` the instant each playback would start. A playback
+    lasts ``seconds`` (or until stopped)."""
+
+    def __init__(self, clock: Clock, on_start: Callable[[str, datetime], None],
+                 seconds: float = 2.0) -> None:
+        self.clock = clock
+        self.on_start = on_start
+        self.seconds = seconds
+        self.volume = 1.0
+
+    def start(self, path: Any) -> NullPlayback:
+        self.on_start(Path(path).stem, self.clock.now())
+        return NullPlayback(self.clock, self.seconds)
+
+    def start_stream(self, url: str, duration_s: float, *, stall_s: float = 5.0) -> NullPlayback:
+        self.on_start(url, self.clock.now())
+        return NullPlayback(self.clock, min(duration_s, self.seconds))
+
+
+def default_root() -> Path:
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path("/tmp")
+
+
+def enrol(hub_home: Path, n: int, root: Path, *, group_size: int = 100) -> list[StationConfig]:
+    """N simulated stations: keys and folders under ``root``, registered straight into the
+    hub's store (public keys only) in one transaction; groups of ``group_size``. Stations
+    already enrolled keep their keys."""
+    from hub import config as hubconfig
+    from hub.store import HubStore
+    cfg = hubconfig.load(hub_home)
+    hub_public = public_to_text(Signer.load(cfg.key_path, cfg.hub_id).public)
+    store = HubStore(cfg.db_path)
+    out, rows = [], []
+    now = iso(datetime.now(timezone.utc))
+    try:
+        known = {r["id"] for r in store.q("SELECT id FROM stations WHERE id LIKE ?",
+                                          [PREFIX + "%"])}
+        for i in range(n):
+            sid, group = f"{PREFIX}{i:05d}", f"{PREFIX}g{i // group_size:03d}"
+            d = root / sid
+            d.mkdir(parents=True, exist_ok=True)
+            key = d / "station.key"
+            signer = Signer.load(key, f"station:{sid}") if key.exists() else None
+            if signer is None:
+                signer = Signer.generate(f"station:{sid}")
+                signer.save(key)
+            if sid not in known:
+                rows.append((sid, group, public_to_text(signer.public)))
+            out.append(station_config(sid, (group,), d, key, hub_public, cfg))
+        with store.lock, write(store.db):
+            for sid, group, public in rows:
+                store.db.execute("INSERT INTO stations VALUES (?, ?, ?, ?)",
+                                 [sid, f"Trạm mô phỏng {sid}", public, now])
+                store.db.execute("INSERT OR IGNORE INTO groups VALUES (?, ?)", [group, group])
+                store.db.execute("INSERT INTO station_groups VALUES (?, ?)", [sid, group])
+    finally:
+        store.close()
+    return out
+
+
+def station_config(sid: str, groups: tuple[str, ...], data: Path, key: Path, hub_public: str,
+                   hub: Any) -> StationConfig:
+    return StationConfig(
+        station_id=sid, name=sid, groups=groups, data_dir=data, station_key=key,
+        hub_public=hub_public, hub_sender=hub.hub_id, prefix=hub.prefix, broker=hub.broker,
+        audio_device="null", warmup_ms=0, hardware_backend="simulated", wiring={},
+        sim={"amp_warmup_ms": 0}, amp_hold_ms=0, heartbeat_s=60, selftest_at=None,
+        health_every_s=60.0, min_free_bytes=0)
+
+
+@dataclass
+class Start:
+    station: str
+    content: str
+    at: datetime
+
+
+class SimFleet:
+    def __init__(self, configs: list[StationConfig], *, clock: Clock | None = None,
+                 play_s: float = 2.0, idle_every_s: float = 5.0,
+                 on_start: Callable[[Start], None] | None = None) -> None:
+        self.clock = clock or SystemClock()
+        self.loop = SharedLoop()
+        self.idle_every_s = idle_every_s
+        self.starts: list[Start] = []
+        self._on_start = on_start
+        self.agents: list[Agent] = []
+        for cfg in configs:
+            player = NullPlayer(self.clock, self._recorder(cfg.station_id), play_s)
+            self.agents.append(Agent(cfg, clock=self.clock, player=player, loop=self.loop,
+                                     status_file=False))
+        self._by_link = {a.link: a for a in self.agents}
+        self._active: set[Agent] = set()   # stations with something to do: stepped each turn
+        self._cursor = 0
+        self._idle_at = time.monotonic()
+
+    def _recorder(self, sid: str) -> Callable[[str, datetime], None]:
+        def record(content: str, at: datetime) -> None:
+            s = Start(sid, content, at)
+            self.starts.append(s)
+            if self._on_start:
+                self._on_start(s)
+        return record
+
+    def start(self) -> None:
+        for a in self.agents:
+            a.start()
+
+    def connected(self) -> int:
+        return sum(a.link.connected.is_set() for a in self.agents)
+
+    @staticmethod
+    def _busy(a: Agent) -> bool:
+        r = a.runner
+        return (not a.link.inbox.empty() or r.current is not None or bool(r.queued)
+                or r._amp_off_at is not None or bool(a._fetching))
+
+    def step(self, timeout: float = 0.01) -> None:
+        """One turn: network events; then every station that had traffic or has something
+        to do (a play, a queued command, a download), stepped until it has not; then a slice
+        of the others, so each gets a step every ``idle_every_s``."""
+        self.loop.poll(0 if self._active else timeout)
+        touched, self.loop.touched = self.loop.touched, set()
+        for link in touched:
+            a = self._by_link.get(link)
+            if a is not None:
+                self._active.add(a)
+        now = time.monotonic()
+        share = int(len(self.agents) * (now - self._idle_at) / self.idle_every_s)
+        full = set()
+        if share:
+            self._idle_at = now
+            for _ in range(min(share, len(self.agents))):
+                full.add(self.agents[self._cursor % len(self.agents)])
+                self._cursor += 1
+        stepped = list(self._active | full)
+        for a in stepped:
+            a.step(light=a not in full)
+        for a in stepped:  # reports after every busy station has had its turn
+            if a not in full:
+                a.flush_due()
+            if not self._busy(a):
+                self._active.discard(a)
+            elif a in full:
+                self._active.add(a)
+
+    def run(self, until: Callable[[], bool]) -> None:
+        while not until():
+            self.step()
+
+    def close(self) -> None:
+        for a in self.agents:
+            try:
+                a.stop()
+            except Exception:  # a station that fails to stop must not keep the others
+                log.exception("stopping %s", a.id)
+
+
+def register(sub) -> None:
+    sim = sub.add_parser("sim", help="simulated stations for load and scale tests")
+    ss = sim.add_subparsers(dest="sim_cmd", required=True)
+    p = ss.add_parser("fleet", help="N protocol-faithful stations in one process")
+    p.add_argument("--stations", type=int, required=True)
+    p.add_argument("--hub-home", type=Path, required=True)
+    p.add_argument("--root", type=Path, help="where the stations' folders go "
+                   "(default /dev/shm/loaxa-sim or /tmp/loaxa-sim)")
+    p.add_argument("--play-s", type=float, default=2.0, help="how long a null playback lasts")
+    p.add_argument("--starts", type=Path, help="append each recorded start here (JSON lines)")
+    p.set_defaults(fn=cmd_fleet)
+
+
+def cmd_fleet(args) -> int:
+    import signal
+    root = args.root or default_root() / "loaxa-sim"
+    t0 = time.monotonic()
+    configs = enrol(args.hub_home, args.stations, root)
+    out = open(args.starts, "a", buffering=1) if args.starts else None
+
+    def on_start(s: Start) -> None:
+        if out:
+            out.write(json.dumps({"station": s.station, "content": s.content,
+                                  "at": s.at.timestamp()}) + "\n")
+    fleet = SimFleet(configs, play_s=args.play_s, on_start=on_start)
+    stop = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.append(1))
+    fleet.start()
+    print(f"sim fleet: {len(configs)} stations under {root} (ready in "
+          f"{time.monotonic() - t0:.1f} s)", flush=True)
+    shown = -1
+    try:
+        def until() -> bool:
+            nonlocal shown
+            c = fleet.connected()
+            if c != shown:
+                shown = c
+                print(f"sim fleet: {c}/{len(configs)} connected", flush=True)
+            return bool(stop)
+        fleet.run(until)
+    finally:
+        fleet.close()
+        if out:
+            out.close()
+    return 0
