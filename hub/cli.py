@@ -399,11 +399,17 @@ def _give(args, cfg, store, now, action: str, body: dict, target: str) -> int:
     cmd = issue_command(cfg, store, action, target, body, now=now, ttl_s=ttl, by=args.by)
     print(f"Lệnh {action} {cmd['id']} → {target}, hiệu lực tới {show(cmd['expires_at'])} / "
           f"command stored")
+    return _follow(args, cfg, store, cmd["id"])
+
+
+def _follow(args, cfg, store: HubStore, cid: str) -> int:
+    """After a command is stored: say so if `hub serve` will not publish it, else show its
+    progress (unless --no-wait)."""
     if not is_serving(store.path):
         print(NOT_SERVING, file=sys.stderr)
         return 0
     if not args.no_wait:
-        return watch(store, cmd["id"], args.wait, clock=make_clock(cfg.clock))
+        return watch(store, cid, args.wait, clock=make_clock(cfg.clock))
     return 0
 
 
@@ -482,12 +488,7 @@ def cmd_cancel(args) -> int:
         item, cmd = cancel_item(cfg, store, args.item, now=now, by=args.by)
         print(f"Đã hủy {item['id']} ({item['title']}): bỏ khỏi mọi chương trình; lệnh dừng "
               f"{cmd['id']} → {item['target']} / cancelled")
-        if not is_serving(store.path):
-            print(NOT_SERVING, file=sys.stderr)
-            return 0
-        if not args.no_wait:
-            return watch(store, cmd["id"], args.wait, clock=make_clock(cfg.clock))
-    return 0
+        return _follow(args, cfg, store, cmd["id"])
 
 
 def cmd_simple(args) -> int:

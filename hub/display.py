@@ -5,6 +5,7 @@ import re
 from datetime import datetime, timedelta
 
 from protocol.clock import parse_iso
+from protocol.vi import ALARMS_VI
 from schedules import TZ
 
 from .config import HubError
@@ -143,14 +144,3 @@ HEALTH_VI = {"ok": "tốt", "degraded": "suy giảm", "fault": "LỖI",
              "silent": "im lặng (mất nhịp tim)"}
 
 
-ALARMS_VI = {"clock": "đồng hồ sai", "disk_full": "đầy bộ nhớ",
-             "audio_device": "lỗi thiết bị âm thanh", "no_sound": "loa không ra tiếng",
-             "amplifier": "lỗi tăng âm", "relay": "lỗi rơ-le",
-             "health.relays": "rơ-le sai trạng thái", "health.amplifier": "tăng âm bất thường",
-             "health.mains": "mất điện lưới", "health.ups": "ắc quy UPS yếu",
-             "health.disk": "sắp đầy bộ nhớ", "health.memory": "thiếu bộ nhớ",
-             "health.cpu_temp": "CPU quá nóng", "health.link": "mất kết nối",
-             "health.clock": "đồng hồ sai", "health.audio_device": "lỗi thiết bị âm thanh",
-             "health.modem": "sóng 4G yếu", "emergency_message": "chưa có tin khẩn cấp",
-             "offline": "trạm mất kết nối", "audio_corrupt": "tệp âm thanh hỏng",
-             "link": "mất kết nối"}

@@ -25,7 +25,8 @@ from .store import HubStore
 log = logging.getLogger("loaxa.hub")
 MAX_EVENTS_PER_REPORT = 500
 REPLAN_EVERY_S = 30.0
-WATCH_EVERY_S = 5.0   # presence alarms and the serving heartbeat
+WATCH_EVERY_S = 5.0
+RESEND_AFTER_S = 3.0  # a chunk sent this recently is not sent again for the same station   # presence alarms and the serving heartbeat
 _CONNECTED = Inbound("$local/connected", b"", False)
 
 
@@ -195,6 +196,10 @@ class HubLink:
 
     def handle(self, msg: Inbound) -> None:
         if msg is _CONNECTED:
+            # a new connection of ours: what the old broker acknowledged may never have
+            # reached a station, so nothing counts as recently sent any more
+            self._in_flight = {k: v for k, v in self._in_flight.items()
+                               if not v[0].acknowledged}
             self._republish_bundles()
             return
         parsed = self.topics.parse_station_topic(msg.topic)
@@ -346,14 +351,19 @@ class HubLink:
             raise Refused(Reason.MALFORMED, f"no content {sha[:12]}")
         blob = self.store.content_path(sha).read_bytes()
         start = min(offset, len(blob))
-        self._in_flight = {k: v for k, v in self._in_flight.items() if not v.acknowledged}
+        mono = self.clock.monotonic()
+        self._in_flight = {k: v for k, v in self._in_flight.items()
+                           if not v[0].acknowledged or mono - v[1] < RESEND_AFTER_S}
         for off in range(start, max(min(start + length, len(blob)), 1), chunks.CHUNK_SIZE):
             if (sid, sha, off) in self._in_flight:
+                # paho still holds it, or the broker took it a moment ago: a station that
+                # reconnected twice in quick succession asks twice (seen under load: every
+                # file came down twice); a chunk really lost is asked for again later
                 self._count("audio.chunks_already_in_flight")
                 continue
             raw = chunks.encode(sha, off, len(blob),
                                 blob[off:min(off + chunks.CHUNK_SIZE, start + length)])
             sent = self.link.publish(self.topics.audio(sid), raw)
             if sent is not None:
-                self._in_flight[(sid, sha, off)] = sent
+                self._in_flight[(sid, sha, off)] = (sent, mono)
                 self._count("audio.chunks_sent")

@@ -139,11 +139,14 @@ class MqttLink:
         will: Callable[[int], Will] | None = None, bdseq_epoch: int = 0,
         on_connected: Callable[[int], None] | None = None,
         loop: "SharedLoop | None" = None,
+        on_inbound: Callable[[Inbound], None] | None = None,
     ) -> None:
         """``loop``: drive this link from a ``SharedLoop`` (one thread, many links: the
-        simulated fleet) instead of paho's own thread."""
+        simulated fleet) instead of paho's own thread. ``on_inbound``: told of each message
+        as it is read, on the network thread (benchmarks stamp arrivals with it)."""
         self.broker = broker
         self._loop = loop
+        self._on_inbound = on_inbound
         self.subscriptions = list(subscriptions)
         self.inbox: "queue.Queue[Inbound]" = queue.Queue()
         self.connected = threading.Event()
@@ -338,7 +341,10 @@ class MqttLink:
             self._loop.reconnect_later(self)
 
     def _handle_message(self, client, userdata, msg) -> None:
-        self.inbox.put(Inbound(msg.topic, bytes(msg.payload), bool(msg.retain)))
+        m = Inbound(msg.topic, bytes(msg.payload), bool(msg.retain))
+        if self._on_inbound is not None:
+            self._on_inbound(m)
+        self.inbox.put(m)
 
 
 class SharedLoop:

@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from protocol.clock import parse_iso
+from protocol.vi import ALARMS_VI
 from schedules import TZ
 
 HEALTH_VI = {"ok": "tốt", "degraded": "suy giảm", "fault": "LỖI"}
@@ -21,14 +22,6 @@ BLOCKED_VI = {
     "alarm.audio_device": "thiết bị âm thanh lỗi",
     "alarm.disk_full": "bộ nhớ đầy, không tải được âm thanh mới",
 }
-ALARM_VI = {"clock": "đồng hồ sai", "disk_full": "đầy bộ nhớ", "audio_device": "lỗi thiết bị âm thanh",
-            "audio_corrupt": "tệp âm thanh hỏng", "no_sound": "loa không ra tiếng",
-            "amplifier": "lỗi tăng âm", "relay": "lỗi rơ-le",
-            "emergency_message": "chưa có tin khẩn cấp", "health.link": "mất kết nối",
-            "health.mains": "mất điện lưới", "health.ups": "ắc quy UPS yếu",
-            "health.relays": "rơ-le sai trạng thái", "health.amplifier": "tăng âm bất thường",
-            "health.disk": "sắp đầy bộ nhớ", "health.memory": "thiếu bộ nhớ",
-            "health.cpu_temp": "CPU quá nóng", "health.modem": "sóng 4G yếu"}
 
 
 def _show(value: str | None) -> str:
@@ -84,7 +77,7 @@ def render(st: dict[str, Any]) -> str:
         lines.append(f"  Vì sao chưa phát: {text}" + (f" ({b['detail']})" if b.get("detail") else ""))
     alarms = st.get("alarms") or {}
     for code, detail in sorted(alarms.items()):
-        lines.append(f"  Cảnh báo: {ALARM_VI.get(code, code)}" + (f": {detail}" if detail else ""))
+        lines.append(f"  Cảnh báo: {ALARMS_VI.get(code, code)}" + (f": {detail}" if detail else ""))
     if not alarms:
         lines.append("  Cảnh báo: không có")
     return "\n".join(lines)

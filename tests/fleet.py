@@ -41,6 +41,11 @@ def patch_toml(path: Path, section: str, key: str, value) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+# a message that plays for several seconds (stop, preempt, kill it while it plays)
+LONG = ("Thông báo của Ủy ban nhân dân xã về lịch tiêm chủng mở rộng cho trẻ em dưới năm tuổi, "
+        "đề nghị các gia đình đưa trẻ đến trạm y tế xã đúng giờ và mang theo sổ tiêm chủng. ")
+
+
 class Fleet:
     def __init__(self, tmp: Path, broker, station_ids: list[str], *, start: datetime,
                  station: dict | None = None) -> None:
@@ -168,6 +173,20 @@ class Fleet:
         return announce(self.store, content=content, when=when, priority=priority,
                         target=target, every=None, late_start_s=late_start_s,
                         now=self.clock.now())
+
+    def give(self, action: str, target: str, body: dict, ttl_s: int = 300) -> str:
+        """A signed command, stored as `loaxa hub …` stores it; the hub publishes it."""
+        from hub.admin import issue_command
+        return issue_command(self.cfg, self.store, action, target, body, now=self.clock.now(),
+                             ttl_s=ttl_s)["id"]
+
+    def command_states(self, cid: str) -> dict[str, str]:
+        return {t["station_id"]: t["state"] for t in self.store.command_targets(cid)}
+
+    def wait_online(self, ids=None) -> None:
+        for sid in ids or self.ids:
+            wait_for(lambda: (self.store.state(sid) or {}).get("online") == 1, 30,
+                     f"{sid} online")
 
     # -- observations ----------------------------------------------------------------------
     def status(self, sid: str) -> dict:

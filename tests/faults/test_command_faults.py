@@ -9,27 +9,11 @@ from datetime import datetime, timedelta
 import pytest
 
 from conftest import wait_for
-from fleet import Fleet
-from hub.admin import issue_command, play_body
+from fleet import LONG, Fleet
+from hub.admin import play_body
 from schedules import TZ, Priority
 
 T = datetime(2030, 3, 2, 8, 0, tzinfo=TZ)
-LONG = ("Thông báo của Ủy ban nhân dân xã về lịch tiêm chủng mở rộng cho trẻ em dưới năm tuổi, "
-        "đề nghị các gia đình đưa trẻ đến trạm y tế xã đúng giờ và mang theo sổ tiêm chủng. ")
-
-
-def give(fleet, action, target, body):
-    return issue_command(fleet.cfg, fleet.store, action, target, body,
-                         now=fleet.clock.now())["id"]
-
-
-def states(fleet, cid):
-    return {t["station_id"]: t["state"] for t in fleet.store.command_targets(cid)}
-
-
-def online(fleet):
-    for sid in fleet.ids:
-        wait_for(lambda: (fleet.store.state(sid) or {}).get("online") == 1, 30, f"{sid} online")
 
 
 @pytest.fixture
@@ -42,16 +26,16 @@ def fleet(tmp_path, mosquitto):
 
 def test_a_stop_racing_its_play_ends_in_one_recorded_state(fleet):
     fleet.start()
-    online(fleet)
+    fleet.wait_online()
     c = fleet.content(LONG)
-    play = give(fleet, "play", "all", play_body(c, priority=Priority.UU_TIEN))
-    stop = give(fleet, "stop", "all", {"scope": "item", "item": play})  # right behind it
+    play = fleet.give("play", "all", play_body(c, priority=Priority.UU_TIEN))
+    stop = fleet.give("stop", "all", {"scope": "item", "item": play})  # right behind it
     for sid in fleet.ids:
-        wait_for(lambda: states(fleet, play)[sid] in ("failed", "done")
-                 and states(fleet, stop)[sid] == "done", 30, f"{sid} settled")
+        wait_for(lambda: fleet.command_states(play)[sid] in ("failed", "done")
+                 and fleet.command_states(stop)[sid] == "done", 30, f"{sid} settled")
         recs = fleet.playbacks(sid)
         assert len(recs) == 1, recs  # one record: stopped before or after it started
-        assert recs[0]["outcome"] == "stopped" and states(fleet, play)[sid] == "failed"
+        assert recs[0]["outcome"] == "stopped" and fleet.command_states(play)[sid] == "failed"
 
 
 def test_a_khan_cap_command_mid_sequence_preempts_the_scheduled_item_once(tmp_path, mosquitto):
@@ -62,11 +46,11 @@ def test_a_khan_cap_command_mid_sequence_preempts_the_scheduled_item_once(tmp_pa
         alert = f.content("Báo động lũ.")
         f.start()
         f.wait_active(1)
-        online(f)
+        f.wait_online()
         f.pass_time(T)
         wait_for(lambda: f.status("xa-a").get("starting"), 20, "the sequence under way")
-        cid = give(f, "play", "station:xa-a", play_body(alert, priority=Priority.KHAN_CAP))
-        wait_for(lambda: states(f, cid)["xa-a"] == "done", 40, "the alert played")
+        cid = f.give("play", "station:xa-a", play_body(alert, priority=Priority.KHAN_CAP))
+        wait_for(lambda: f.command_states(cid)["xa-a"] == "done", 40, "the alert played")
         recs = {r["item_id"]: r for r in f.playbacks("xa-a")}
         assert recs[item]["outcome"] == "preempted" and recs[f"cmd-{cid}-0"]["outcome"] == "played"
         assert Counter(r["item_id"] for r in f.playbacks("xa-a"))[item] == 1
@@ -81,14 +65,14 @@ def test_broker_killed_mid_alert_plays_each_station_at_most_once(tmp_path):
               station={"hardware": {"amp_hold_ms": 0}})
     try:
         f.start()
-        online(f)
+        f.wait_online()
         c = f.content(LONG)
-        cid = give(f, "play", "all", play_body(c, priority=Priority.KHAN_CAP))
+        cid = f.give("play", "all", play_body(c, priority=Priority.KHAN_CAP))
         wait_for(lambda: f.store.command(cid)["published_at"], 20, "published")
         broker.stop(kill=True)  # mid-alert: audio pushing, stations fetching
         broker.start()
         for sid in f.ids:
-            wait_for(lambda: states(f, cid)[sid] in ("done", "failed"), 60,
+            wait_for(lambda: f.command_states(cid)[sid] in ("done", "failed"), 60,
                      f"{sid}: one final state")
             recs = [r for r in f.playbacks(sid) if r["item_id"] == f"cmd-{cid}-0"]
             assert len(recs) == 1, recs
@@ -99,14 +83,14 @@ def test_broker_killed_mid_alert_plays_each_station_at_most_once(tmp_path):
 
 def test_agent_killed_while_running_a_command_records_it_failed_once(fleet):
     fleet.start()
-    online(fleet)
+    fleet.wait_online()
     c = fleet.content(LONG)
-    cid = give(fleet, "play", "station:xa-a", play_body(c, priority=Priority.UU_TIEN, repeat=2))
+    cid = fleet.give("play", "station:xa-a", play_body(c, priority=Priority.UU_TIEN, repeat=2))
     wait_for(lambda: fleet.status("xa-a").get("playing"), 40, "playing")
     fleet.procs["xa-a"].kill()
     fleet.procs["xa-a"].wait()
     fleet.start_station("xa-a")
-    wait_for(lambda: states(fleet, cid)["xa-a"] == "failed", 30, "recorded failed")
+    wait_for(lambda: fleet.command_states(cid)["xa-a"] == "failed", 30, "recorded failed")
     events = [e["data"] for e in fleet.hub_events("xa-a", "command") if e["data"]["id"] == cid]
     assert [e["state"] for e in events] == ["accepted", "started", "failed"]
     assert "restarted" in events[-1]["detail"]
