@@ -266,13 +266,7 @@ def cmd_announce(args) -> int:
         rrule = EVERY.get(args.every, args.every) if args.every else None
         first = first_start(when, rrule=rrule, valid_from=vf, valid_until=vu,
                             late_start_s=args.late_start, now=now)
-        if args.text is not None:
-            if not args.text.strip():
-                raise HubError("văn bản trống: không có gì để đọc / the text is empty")
-            content = add_content_text(store, args.text, title=args.title or args.text[:60],
-                                       now=now, engine=args.tts, progress=progress_printer())
-        else:
-            content = find_content(store, args.content)
+        content = _content_of(args, store, now)
         item = announce(store, content=content, when=when, priority=priority, target=target,
                         every=args.every, valid_from=vf, valid_until=vu,
                         late_start_s=args.late_start, title=args.title, now=now,
@@ -282,6 +276,16 @@ def cmd_announce(args) -> int:
             print(f"Lần phát đầu tiên / first occurrence: {show(first)}")
         _warn_if_not_serving(store)
     return 0
+
+
+def _content_of(args, store: HubStore, now) -> dict:
+    """--text (spoken, prepared and stored) or --content (a stored SHA-256 or its prefix)."""
+    if args.text is None:
+        return find_content(store, args.content)
+    if not args.text.strip():
+        raise HubError("văn bản trống: không có gì để đọc / the text is empty")
+    return add_content_text(store, args.text, title=args.title or args.text[:60], now=now,
+                            engine=args.tts, progress=progress_printer())
 
 
 def progress_printer():
@@ -454,13 +458,7 @@ def cmd_play(args) -> int:
             except ScheduleError as exc:
                 raise HubError(str(exc)) from None
         gap = parse_duration(args.gap) // 1000 if args.gap not in ("0", "0s") else 0
-        if args.text is not None:
-            if not args.text.strip():
-                raise HubError("văn bản trống: không có gì để đọc / the text is empty")
-            content = add_content_text(store, args.text, title=args.title or args.text[:60],
-                                       now=now, engine=args.tts, progress=progress_printer())
-        else:
-            content = find_content(store, args.content)
+        content = _content_of(args, store, now)
         body = play_body(content, priority=priority, repeat=args.repeat, gap_s=gap,
                          title=args.title)
         return _give(args, cfg, store, now, "play", body, target)
