@@ -142,7 +142,12 @@ def check_wire(value: Any, path: str = "$") -> None:
     _reject_floats(value, path)
 
 
+_PLAIN = (str, int, bool, type(None))
+
+
 def _reject_floats(value: Any, path: str = "$") -> None:
+    if type(value) in _PLAIN:  # the common case, without the slower abstract checks below
+        return
     if isinstance(value, float):
         raise TypeError(f"float at {path}: use integers on the wire")
     if isinstance(value, Mapping):

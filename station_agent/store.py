@@ -48,7 +48,8 @@ class StationStore:
         self.db = open_db(self.dir / "station.db")
         migrations.apply(self.db)
         self._lock = threading.RLock()
-        self._parsed: dict[str, tuple[int, dict]] = {}
+        self._parsed: dict[str, tuple[int, dict] | None] = {}
+        self._present: set[str] | None = None  # audio recorded as held (see has_audio)
         self._lazy: dict[str, int] = {}
         self._lazy_at = time.monotonic()
 
@@ -145,6 +146,7 @@ class StationStore:
             if self.get("programme.since") is None:  # misses are counted from here on
                 self.put("programme.since", iso(at))
             self._event("bundle.received", {"version": version}, at)
+        self._parsed.clear()
 
     def pending_bundle(self) -> tuple[int, dict] | None:
         return self._bundle("pending")
@@ -153,18 +155,14 @@ class StationStore:
         return self._bundle("active")
 
     def _bundle(self, state: str) -> tuple[int, dict] | None:
-        """Asked for many times a second: the version is a cheap query, the body is parsed
-        again only when the version changes. Do not modify the returned dict."""
-        row = self.db.execute("SELECT version FROM bundles WHERE state = ? "
-                              "ORDER BY version DESC LIMIT 1", [state]).fetchone()
-        if row is None:
-            return None
-        cached = self._parsed.get(state)
-        if cached is None or cached[0] != row[0]:
-            body = self.db.execute("SELECT body FROM bundles WHERE version = ?",
-                                   [row[0]]).fetchone()[0]
-            cached = self._parsed[state] = (row[0], json.loads(body))
-        return cached
+        """Asked for many times a step: read once and kept until ``save_bundle`` or
+        ``activate`` (this store is its database's only writer) changes it. Do not modify the
+        returned dict."""
+        if state not in self._parsed:
+            row = self.db.execute("SELECT version, body FROM bundles WHERE state = ? "
+                                  "ORDER BY version DESC LIMIT 1", [state]).fetchone()
+            self._parsed[state] = (row[0], json.loads(row[1])) if row else None
+        return self._parsed[state]
 
     def activate(self, version: int, at: datetime) -> None:
         """Make ``version`` the programme that plays; older bundles are dropped."""
@@ -172,6 +170,7 @@ class StationStore:
             self.db.execute("DELETE FROM bundles WHERE version < ?", [version])
             self.db.execute("UPDATE bundles SET state = 'active' WHERE version = ?", [version])
             self._event("bundle.activated", {"version": version}, at)
+        self._parsed.clear()
 
     # -- audio cache -----------------------------------------------------------------------
     def audio_path(self, sha: str) -> Path:
@@ -181,8 +180,11 @@ class StationStore:
         return self.audio_dir / f"{sha}.part"
 
     def has_audio(self, sha: str) -> bool:
-        return self.audio_path(sha).is_file() and self.db.execute(
-            "SELECT 1 FROM audio WHERE sha = ?", [sha]).fetchone() is not None
+        """Recorded as held (read once, then kept in step by this store, its only writer)
+        and its file still there."""
+        if self._present is None:
+            self._present = {r[0] for r in self.db.execute("SELECT sha FROM audio").fetchall()}
+        return sha in self._present and self.audio_path(sha).is_file()
 
     def missing_audio(self, shas: list[str]) -> list[str]:
         return [s for s in shas if not self.has_audio(s)]
@@ -215,6 +217,8 @@ class StationStore:
             return None
         with self._lock, write(self.db):
             self.db.execute("DELETE FROM audio WHERE sha = ?", [sha])
+        if self._present is not None:
+            self._present.discard(sha)
         self.audio_path(sha).unlink(missing_ok=True)
         return f"audio {sha[:12]} changed on disk (hash {h.hexdigest()[:12]}): dropped"
 
@@ -234,6 +238,8 @@ class StationStore:
         with self._lock, write(self.db):
             self.db.execute("INSERT OR REPLACE INTO audio VALUES (?, ?, ?)", [sha, size, iso(at)])
             self._event("audio.stored", {"sha": sha, "size": size}, at)
+        if self._present is not None:
+            self._present.add(sha)
 
     # -- commands --------------------------------------------------------------------------
     def command_state(self, cid: str) -> str | None:
