@@ -446,8 +446,11 @@ class Agent:
                  if mono - self._sent.get(e["seq"], -1e9) >= self.cfg.report_retry_s]
         if not batch:
             return
+        # in flight: this batch and what earlier reports carry that is not acknowledged yet
+        seqs = {e["seq"] for e in batch}
+        in_flight = len(seqs) + sum(1 for s in self._sent if s not in seqs)
         body = {"events": batch, "sent_at": iso(self.clock.now()),
-                "state": self.summary(in_flight=len(batch))}
+                "state": self.summary(in_flight=in_flight)}
         raw = self._seal("report", body, REPORT_TTL, batch[-1]["seq"])
         if self.link.publish(self.topics.events(self.id), raw):
             for e in batch:
@@ -550,7 +553,7 @@ class Agent:
     def _on_command(self, msg: Inbound) -> None:
         stream = stream_of(self.topics, msg.topic, self.id, self.cfg.groups)
         if stream is None:
-            raise Refused(Reason.WRONG_STATION, f"a command topic this station does not serve")
+            raise Refused(Reason.WRONG_STATION, "a command topic this station does not serve")
         # expiry is judged by check_fresh: the station's clock may be the thing that is wrong
         env = verify(msg.payload, self.hub_keys, now=None, kind="command")
         hub_now = self.hub_time.estimate(self.clock.monotonic())
