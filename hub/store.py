@@ -10,7 +10,8 @@ from typing import Any
 
 from protocol.clock import iso, parse_iso
 from protocol.storage import Migrations, open_db, write
-from schedules import TZ
+
+from .display import show
 
 migrations = Migrations("hub")
 
@@ -302,7 +303,7 @@ class HubStore:
                     if down_s >= grace_s:
                         self.db["alarms"].insert({
                             "station_id": sid, "code": "offline",
-                            "detail": f"mất kết nối từ {_vi_time(since)} "
+                            "detail": f"mất kết nối từ {show(since)} "
                                       f"(offline since {since})",
                             "raised_at": iso(parse_iso(since) + timedelta(seconds=grace_s)),
                             "historical": 0})
@@ -380,7 +381,3 @@ class HubStore:
     def set_state(self, sid: str, **fields: Any) -> None:
         with self.lock, write(self.db):
             self.db["station_state"].upsert({"station_id": sid, **fields}, pk="station_id")
-
-
-def _vi_time(value: str) -> str:
-    return parse_iso(value).astimezone(TZ).strftime("%d/%m/%Y %H:%M:%S")

@@ -232,6 +232,11 @@ class Agent:
             found.append(m)
         self.health.update(found)
 
+    @property
+    def busy(self) -> bool:
+        """Something to do before the next idle step: messages, a play, a transfer."""
+        return not self.link.inbox.empty() or self.runner.busy or bool(self._fetching)
+
     def health_status(self) -> str:
         """ok / degraded / fault: the worst of the probes and the alarms the agent raises
         itself, so the status never says more than the alarms explain."""
@@ -420,11 +425,15 @@ class Agent:
                 "bdseq": self.link.bdseq,
                 "live_mic": self.runner.live_mic_until is not None}
 
-    def _birth(self) -> None:
+    def _publish_state(self) -> None:
+        """The birth: online, this connection's bdseq, the live summary (retained)."""
         body = {"online": True, "bdseq": self.link.bdseq, "name": self.cfg.name,
                 **self.summary()}
         self.link.publish(self.topics.state(self.id),
                           self._seal("state", body, STATE_TTL, self.link.bdseq), retain=True)
+
+    def _birth(self) -> None:
+        self._publish_state()
         self._ask_time()
         self._sent.clear()  # resend anything unacknowledged on the new connection
         for sha in list(self._fetching):
@@ -570,10 +579,7 @@ class Agent:
 
     def report_now(self) -> None:
         """A `report` command: state (a birth) and health (a heartbeat) at once."""
-        body = {"online": True, "bdseq": self.link.bdseq, "name": self.cfg.name,
-                **self.summary()}
-        self.link.publish(self.topics.state(self.id),
-                          self._seal("state", body, STATE_TTL, self.link.bdseq), retain=True)
+        self._publish_state()
         self._heartbeat_at = -1e9
         self._health_at = -1e9
 

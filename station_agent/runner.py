@@ -158,6 +158,11 @@ class Runner:
         elif best is not None:
             self._start(best, now)
 
+    @property
+    def busy(self) -> bool:
+        """A play in its sequence or on air, one queued, or the amplifier's hold running."""
+        return self.current is not None or bool(self.queued) or self._amp_off_at is not None
+
     def _may_take_air(self, best: Occurrence) -> bool:
         """Whether ``best`` starts (or preempts) on this tick."""
         if self.live_mic_until is not None:

@@ -166,12 +166,6 @@ class SimFleet:
     def connected(self) -> int:
         return sum(a.link.connected.is_set() for a in self.agents)
 
-    @staticmethod
-    def _busy(a: Agent) -> bool:
-        r = a.runner
-        return (not a.link.inbox.empty() or r.current is not None or bool(r.queued)
-                or r._amp_off_at is not None or bool(a._fetching))
-
     def step(self, timeout: float = 0.01) -> None:
         """One turn: network events; then every station that had traffic or has something
         to do (a play, a queued command, a download), stepped until it has not; then a slice
@@ -196,7 +190,7 @@ class SimFleet:
         for a in stepped:  # reports after every busy station has had its turn
             if a not in full:
                 a.flush_due()
-            if not self._busy(a):
+            if not a.busy:
                 self._active.discard(a)
             elif a in full:
                 self._active.add(a)
