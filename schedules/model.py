@@ -98,6 +98,8 @@ class Item:
     title: str = ""
     stream: str | None = None  # live relay (tiếp âm): play this URL; ``content`` is the fallback
     _rule: Any = field(default=None, init=False, repr=False, compare=False, hash=False)
+    # what schedules.evaluate derives from the rule once (an anchor near the last query)
+    _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if self.start.tzinfo is None:

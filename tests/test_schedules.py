@@ -1,7 +1,7 @@
 from datetime import datetime, time, timedelta, timezone
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from schedules import Item, Priority, QuietHours, TZ, active_at, may_start, occurrences, playing_at
 from schedules.model import ScheduleError
@@ -168,3 +168,112 @@ def test_overdue_windows_partition_time(items, a, gap):
     keys = lambda occ: [o.key for o in occ]
     assert sorted(keys(overdue(items, a, b)) + keys(overdue(items, b, c))) == \
         sorted(keys(overdue(items, a, c)))
+
+
+# --- occurrence queries cost the same on day 1 and day 1,000 (issue 13) ---------------------
+
+_FREQS = ["YEARLY", "MONTHLY", "WEEKLY", "DAILY", "HOURLY", "MINUTELY"]
+_DAYS = ["MO", "TU", "WE", "TH", "FR", "SA", "SU"]
+
+
+@st.composite
+def rules_st(draw):
+    freq = draw(st.sampled_from(_FREQS))
+    parts = [f"FREQ={freq}", f"INTERVAL={draw(st.integers(1, 5))}"]
+    if freq in ("WEEKLY", "DAILY", "MONTHLY", "YEARLY") and draw(st.booleans()):
+        parts.append("BYDAY=" + ",".join(draw(st.sets(st.sampled_from(_DAYS), min_size=1))))
+    if freq in ("MONTHLY", "YEARLY") and draw(st.booleans()):
+        days = draw(st.sets(st.sampled_from([1, 15, 28, 29, 30, 31, -1]), min_size=1))
+        parts.append("BYMONTHDAY=" + ",".join(map(str, sorted(days))))
+    if freq == "YEARLY" and draw(st.booleans()):
+        parts.append("BYMONTH=" + ",".join(map(str, sorted(draw(
+            st.sets(st.integers(1, 12), min_size=1, max_size=3))))))
+    if freq in ("DAILY", "WEEKLY", "HOURLY") and draw(st.booleans()):
+        parts.append("BYHOUR=" + ",".join(map(str, sorted(draw(
+            st.sets(st.integers(0, 23), min_size=1, max_size=4))))))
+    if freq in ("MONTHLY", "WEEKLY") and "BYDAY" in parts[-1] and draw(st.booleans()):
+        parts.append(f"BYSETPOS={draw(st.sampled_from([1, -1, 2]))}")
+    if draw(st.integers(0, 4)) == 0:
+        parts.append(f"COUNT={draw(st.integers(1, 400))}")
+    return ";".join(parts)
+
+
+# how far into a rule's life a query may lie, so that the reference walk stays affordable
+_REACH_S = {"YEARLY": 30 * 365 * 86400, "MONTHLY": 10 * 365 * 86400, "WEEKLY": 3 * 365 * 86400,
+            "DAILY": 3 * 365 * 86400, "HOURLY": 120 * 86400, "MINUTELY": 3 * 86400}
+
+
+_ANCHOR_TRAPS = [  # rules whose defaults come from the start: an anchor must keep them
+    ("FREQ=MONTHLY", 14 * 1440 + 360, 400, 40 * 86400),             # day 15 of each month
+    ("FREQ=MONTHLY;INTERVAL=2", 30 * 1440 + 360, 700, 90 * 86400),  # the 31st, every 2 months
+    ("FREQ=YEARLY", 59 * 1440, 900, 400 * 86400),                   # 29 February
+    ("FREQ=WEEKLY;INTERVAL=3;BYDAY=MO,TH", 3 * 1440, 500, 30 * 86400),
+    ("FREQ=HOURLY;INTERVAL=5;BYHOUR=1,6,11", 17, 777, 5 * 86400),
+    ("FREQ=DAILY;INTERVAL=3;BYHOUR=6,18", 18 * 60 + 5, 321, 20 * 86400),
+]
+
+
+@settings(max_examples=500, deadline=None)
+@given(rules_st(),
+       st.integers(0, 3 * 365 * 24 * 60), st.integers(0, 1000), st.integers(1, 40 * 24 * 3600))
+@example(*_ANCHOR_TRAPS[0])
+@example(*_ANCHOR_TRAPS[1])
+@example(*_ANCHOR_TRAPS[2])
+@example(*_ANCHOR_TRAPS[3])
+@example(*_ANCHOR_TRAPS[4])
+@example(*_ANCHOR_TRAPS[5])
+def test_fast_occurrences_match_a_walk_from_the_first_start(rule, start, later, span):
+    """The occurrence queries start near the window, not at the rule's first start; this holds
+    them against dateutil walking the whole rule from its first start."""
+    from hypothesis import assume
+    from dateutil.rrule import rrulestr
+    from schedules.evaluate import _starts, next_start
+    try:
+        it = item("p", datetime(2024, 1, 1, tzinfo=TZ) + timedelta(minutes=start), rrule=rule)
+    except ScheduleError:  # a rule with no occurrence at all is refused when it is made
+        assume(False)
+    lo = it.start + timedelta(seconds=int(later / 1000 * _REACH_S[rule.split(";")[0][5:]]))
+    hi = lo + timedelta(seconds=span)
+    walk = []
+    for d in rrulestr(rule, dtstart=it.start.astimezone(TZ)):
+        u = d.astimezone(timezone.utc)
+        if u >= hi or len(walk) >= 2000:
+            break
+        if u >= lo:
+            walk.append(u)
+    fast = _starts(it, lo, hi)
+    assert fast[:len(walk)] == walk and (len(walk) == 2000 or fast == walk)
+    first = next(iter(walk), None)
+    if first is not None:
+        assert next_start(it, lo + timedelta(seconds=it.late_start_s)) == first
+    # the same item asked again, earlier and later, answers the same (the anchor is a cache)
+    assert _starts(it, lo, hi) == fast
+
+
+def test_a_three_year_old_programme_costs_what_a_fresh_one_does():
+    """Work, not time: the number of occurrences dateutil generates for one runner step."""
+    from schedules import startable_at
+    from dateutil import rrule as rr
+    made = []
+    real = rr.rrule._iter
+
+    def counting(self):
+        for d in real(self):
+            made.append(d)
+            yield d
+    now = BASE + timedelta(days=3 * 365)
+    old = [item(f"o{i}", BASE + timedelta(minutes=7 * i), rrule="FREQ=HOURLY") for i in range(3)]
+    fresh = [item(f"f{i}", now - timedelta(hours=2) + timedelta(minutes=7 * i), rrule="FREQ=HOURLY")
+             for i in range(3)]
+    counts = []
+    for items in (old, fresh):
+        startable_at(items, now)  # the first query of a bundle sets its anchors
+        made.clear()
+        rr.rrule._iter = counting
+        try:
+            for s in range(200):  # 50 hours: the kept windows are rebuilt on the way
+                startable_at(items, now + timedelta(minutes=15 * s))
+        finally:
+            rr.rrule._iter = real
+        counts.append(len(made))
+    assert 0 < counts[0] <= counts[1] * 1.2, counts
