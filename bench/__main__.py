@@ -6,6 +6,9 @@ mosquitto fan-out of one message of the same size (bench/p1_alert.py).
 occurrence_step — a runner step's schedule queries for a three-year-old programme beside a
 fresh one (bench/occurrences.py); issue 13's target: at most 1.2 ×.
 
+hub_heartbeat — heartbeats from 1,000 stations through the hub's handler, beside verify +
+one UPDATE per message (bench/hub_messages.py); issue 13's target: at least 60 %.
+
 audio_prepare — a 60-second Vietnamese announcement (speech synthesised once, beforehand,
 not timed) prepared by audio.prepare, against the raw ffmpeg decode + Opus encode of the
 same input. Median of 5 runs each. Targets (issue 4): under 2 s, at most 250 KB.
@@ -78,9 +81,10 @@ def main() -> int:
             "python": sys.version.split()[0], "machine": platform.machine(),
             "cpus": __import__("os").cpu_count()}
     ok = True
+    from bench.hub_messages import run as bench_hub_heartbeat
     from bench.occurrences import run as bench_occurrences
     from bench.p1_alert import run as bench_p1_alert
-    for bench in (bench_occurrences, bench_audio_prepare, bench_p1_alert):
+    for bench in (bench_occurrences, bench_hub_heartbeat, bench_audio_prepare, bench_p1_alert):
         result = {**bench(), **meta}
         (RESULTS / f"{result['name']}.json").write_text(json.dumps(result, indent=1))
         print(json.dumps(result, indent=1))

@@ -121,6 +121,7 @@ class Board:
                 b.when_pressed = lambda _=None, n=name: self.presses.put((n, True))
                 b.when_released = lambda _=None, n=name: self.presses.put((n, False))
                 self._buttons[name] = b
+        self._led_states: dict[str, str] = {}
         self._leds = {name: LED(getattr(w, f"led_{name}"), pin_factory=f)
                       for name in LEDS if getattr(w, f"led_{name}")}
 
@@ -193,8 +194,9 @@ class Board:
     def led(self, name: str, state: str) -> None:
         """``on``, ``off`` or ``blink``; a LED that is not wired is ignored."""
         led = self._leds.get(name)
-        if led is None:
-            return
+        if led is None or self._led_states.get(name) == state:
+            return  # asked every step: a blink restarted each time would never blink
+        self._led_states[name] = state
         if state == "blink":
             led.blink(on_time=0.25, off_time=0.25)
         elif state == "on":

@@ -44,6 +44,7 @@ class HubLink:
         self.quiet = quiet
         self.counters: dict[str, int] = {}
         self._rings: dict[str, KeyRing] = {}
+        self._heartbeats: dict[str, dict[str, Any]] = {}  # kept by handle, written by flush
         # chunks handed to paho and not yet acknowledged, by (station, sha, offset): paho
         # re-sends them after a reconnect, so a repeated fetch must not send them again
         self._in_flight: dict[tuple[str, str, int], Any] = {}
@@ -92,6 +93,7 @@ class HubLink:
                 msg = self.link.inbox.get_nowait()
             except queue.Empty:
                 msg = None
+        self.flush()
         self.publish_commands()  # first: a command must not wait for a fleet's replanning
         self.replan_if_changed()
         if self.clock.monotonic() - self._watched >= WATCH_EVERY_S:
@@ -167,14 +169,14 @@ class HubLink:
                 return
             self._count("audio.chunks_pushed")
 
-    def _republish_bundles(self) -> None:
-        """On every connect: the broker may have lost retained bundles (restart without
-        persistence), so publish each station's latest again; stations ignore duplicates."""
+    def _announce(self) -> None:
+        """On every connect, the hub's birth. Bundles are not published again wholesale (N
+        messages on every reconnect): every station's birth, retained or fresh, arrives on
+        subscribing and names the version it holds, and ``_reconcile`` sends the current
+        one to each station behind it, also when the broker lost its retained copies."""
         self.link.publish(self.topics.hub_state(), self._seal(
             "hub_state", {"online": True, "time": iso(self.clock.now())}, timedelta(days=30),
             self.link.bdseq), retain=True)
-        for st in self.store.stations():
-            self._publish_latest(st["id"])
 
     # -- incoming --------------------------------------------------------------------------
     def _ring(self, sid: str) -> KeyRing | None:
@@ -191,6 +193,13 @@ class HubLink:
             self._rings[sid] = ring
         return ring
 
+    def flush(self) -> int:
+        """Write what ``handle`` kept for one commit (the turn's heartbeats)."""
+        pending, self._heartbeats = self._heartbeats, {}
+        if pending:
+            self.store.set_states(pending)
+        return len(pending)
+
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
 
@@ -200,7 +209,7 @@ class HubLink:
             # reached a station, so nothing counts as recently sent any more
             self._in_flight = {k: v for k, v in self._in_flight.items()
                                if not v[0].acknowledged}
-            self._republish_bundles()
+            self._announce()
             return
         parsed = self.topics.parse_station_topic(msg.topic)
         if parsed is None:
@@ -227,9 +236,12 @@ class HubLink:
                 b = env.body
                 if not isinstance(b.get("status"), str) or not isinstance(b.get("probes"), dict):
                     raise Refused(Reason.MALFORMED, "heartbeat without status and probes")
-                self.store.set_state(sid, health=b["status"][:16], last_heartbeat=iso(now),
-                                     health_probes=json.dumps(b["probes"], ensure_ascii=False),
-                                     heartbeat_s=int(b.get("interval_s") or 0))
+                # the latest health is state, not an event: a batch of heartbeats is kept
+                # in one commit at the end of the turn (flush), the newest per station
+                self._heartbeats[sid] = {
+                    "health": b["status"][:16], "last_heartbeat": iso(now),
+                    "health_probes": json.dumps(b["probes"], ensure_ascii=False),
+                    "heartbeat_s": int(b.get("interval_s") or 0)}
             elif leaf == "fetch" and env.kind == "time":
                 nonce = env.body.get("nonce")
                 if not isinstance(nonce, str) or len(nonce) > 64:

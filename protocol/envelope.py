@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -133,6 +133,11 @@ class KeyRing:
 
     def get(self, kid: str) -> tuple[Ed25519PublicKey, str] | None:
         return self._keys.get(kid)
+
+    def wrap(self, fn: Callable[[str, Ed25519PublicKey], Any]) -> None:
+        """Replace each key by ``fn(kid, key)``, an object with the same ``verify`` (the
+        simulated fleet shares one checked signature among its stations)."""
+        self._keys = {kid: (fn(kid, pub), sender) for kid, (pub, sender) in self._keys.items()}
 
 
 # -- encoding --------------------------------------------------------------------------------

@@ -335,7 +335,6 @@ class Runner:
             self._fail(now, "audio", bad, "audio_corrupt")
             return
         self.store.start_play(occ.key, occ.item.id, occ.item.content, occ.start, now)
-        self.on_record(occ.key, occ.item.id, "started", "")
         mono = self.clock.monotonic()
         self._amp_off_at = None
         if not self.board.amp_relay_on:
@@ -343,6 +342,8 @@ class Runner:
         self.current = _Current(occ, now, mono)
         log.info("on air soon: %s (%s)", occ.key, occ.item.title)
         self._advance(now)
+        # the relay first (and the sound, when nothing has to warm up), then the report
+        self.on_record(occ.key, occ.item.id, "started", "")
 
     def _fail(self, now: datetime, step: str, reason: str, alarm: str) -> None:
         """Abort cleanly at ``step``: zones and amplifier off, the outcome and an alarm."""

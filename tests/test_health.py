@@ -99,3 +99,25 @@ def test_the_modem_probe_never_blocks_the_agents_loop():
         assert time.monotonic() < deadline
         time.sleep(0.01)
     assert probe.latest().value == 80
+
+
+def test_a_blinking_led_asked_every_step_keeps_one_blink_and_changes_when_asked():
+    """The agent sets every LED on every step: a blink restarted each time never blinks and
+    costs a thread each time (issue 13)."""
+    import threading
+    b = open_board("simulated", Wiring(led_link="GPIO20"), sim={"amp_warmup_ms": 0})
+    try:
+        led = b._leds["link"]
+        b.led("link", "blink")
+        first = led._blink_thread
+        threads = threading.active_count()
+        for _ in range(200):
+            b.led("link", "blink")
+        assert led._blink_thread is first and first.is_alive()
+        assert threading.active_count() == threads
+        b.led("link", "on")
+        assert led._blink_thread is None and b.led_state("link") is True
+        b.led("link", "off")
+        assert b.led_state("link") is False
+    finally:
+        b.close()

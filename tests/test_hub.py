@@ -101,3 +101,40 @@ def test_a_relay_item_carries_its_stream_and_duration(hub):
     [item] = planner.programme(store, "a", NOW, None)["items"]
     assert item["stream"] == "https://radio.example/vov1"
     assert item["duration_ms"] == 1_800_000 and item["content"] == SHA
+
+
+def test_heartbeats_are_kept_in_one_commit_per_turn_newest_first_and_bad_ones_refused(tmp_path):
+    """Heartbeats are state: the hub keeps the newest per station and writes a turn's worth
+    in one transaction; a forged one among them is refused and counted, and changes nothing."""
+    from hub.link import HubLink
+    from protocol.clock import SystemClock
+    from protocol.envelope import Signer, public_to_text, seal
+    from protocol.mqtt import BrokerConfig, Inbound
+    from protocol.topics import Topics
+    store = HubStore(tmp_path / "h.db")
+    keys = {sid: Signer.generate(f"station:{sid}") for sid in ("s1", "s2")}
+    for sid, k in keys.items():
+        store.db.execute("INSERT INTO stations VALUES (?, ?, ?, ?)",
+                         [sid, sid, public_to_text(k.public), "2030-01-01T00:00:00Z"])
+    hub = HubLink(store=store, signer=Signer.generate("hub"), topics=Topics(),
+                  broker=BrokerConfig(port=1), clock=SystemClock())
+    t = Topics()
+
+    def beat(sid, status, signer=None):
+        raw = seal("heartbeat", {"status": status, "probes": {"disk": {"status": status}},
+                                 "interval_s": 60}, signer=signer or keys[sid], seq=0,
+                   now=datetime.now(timezone.utc), ttl=timedelta(minutes=10))
+        return Inbound(t.health(sid), raw, False)
+    statements = []
+    store.db.conn.set_trace_callback(statements.append)
+    for m in (beat("s1", "ok"), beat("s2", "warning"), beat("s1", "fault"),
+              beat("s2", "ok", signer=Signer.generate("station:s2"))):  # forged: not s2's key
+        hub.handle(m)
+    assert store.state("s1") is None  # nothing written before the turn ends
+    assert hub.flush() == 2
+    commits = [s for s in statements if s.strip().upper() == "COMMIT"]
+    assert len(commits) == 2  # the refusal's record, and the one batch of heartbeats
+    assert store.state("s1")["health"] == "fault" and store.state("s2")["health"] == "warning"
+    assert hub.counters.get("refused.unknown_key") == 1
+    assert store.q("SELECT reason FROM refusals") == [{"reason": "unknown_key"}]
+    store.close()
