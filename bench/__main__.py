@@ -31,7 +31,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = 5
 
 
-def _announcement(tmp: Path) -> Path:
+def _announcement(tmp: Path, seconds: int = 60) -> Path:
     text = ("Ủy ban nhân dân xã thông báo: ngày 25/12/2030, lúc 7h30, tại nhà văn hóa thôn, "
             "trạm y tế xã tổ chức tiêm chủng cho trẻ em dưới 5 tuổi. Đề nghị bà con đưa trẻ "
             "đến đúng giờ và mang theo sổ tiêm chủng. ")
@@ -39,9 +39,9 @@ def _announcement(tmp: Path) -> Path:
     speech = synthesize(text * 2, engine="espeak-ng")
     src.write_bytes(speech.data)
     # pad or trim to exactly 60 s so runs compare
-    out = tmp / "a60.wav"
-    subprocess.run(["ffmpeg", "-v", "error", "-stream_loop", "-1", "-i", str(src), "-t", "60",
-                    str(out)], check=True)
+    out = tmp / f"a{seconds}.wav"
+    subprocess.run(["ffmpeg", "-v", "error", "-stream_loop", "-1", "-i", str(src), "-t",
+                    str(seconds), str(out)], check=True)
     return out
 
 
@@ -85,10 +85,12 @@ def main() -> int:
     from bench.occurrences import run as bench_occurrences
     from bench.p1_alert import run as bench_p1_alert
     for bench in (bench_occurrences, bench_hub_heartbeat, bench_audio_prepare, bench_p1_alert):
-        result = {**bench(), **meta}
-        (RESULTS / f"{result['name']}.json").write_text(json.dumps(result, indent=1))
-        print(json.dumps(result, indent=1))
-        ok &= result.get("meets_targets", True)
+        out = bench()
+        for result in [out, *out.pop("also", [])]:  # a bench may measure more than one thing
+            result = {**result, **meta}
+            (RESULTS / f"{result['name']}.json").write_text(json.dumps(result, indent=1))
+            print(json.dumps(result, indent=1))
+            ok &= result.get("meets_targets", True)
     return 0 if ok else 1
 
 

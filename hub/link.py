@@ -25,8 +25,10 @@ from .store import HubStore
 log = logging.getLogger("loaxa.hub")
 MAX_EVENTS_PER_REPORT = 500
 REPLAN_EVERY_S = 30.0
-WATCH_EVERY_S = 5.0
-RESEND_AFTER_S = 3.0  # a chunk sent this recently is not sent again for the same station   # presence alarms and the serving heartbeat
+WATCH_EVERY_S = 5.0  # presence alarms and the serving heartbeat
+PUSH_AGAIN_S = 600.0  # a file pushed on a shared topic is not pushed there again sooner
+BLOB_CACHE_BYTES = 64 * 2**20
+RESEND_AFTER_S = 3.0  # a chunk sent this recently is not sent again for the same station
 _CONNECTED = Inbound("$local/connected", b"", False)
 
 
@@ -48,6 +50,9 @@ class HubLink:
         # chunks handed to paho and not yet acknowledged, by (station, sha, offset): paho
         # re-sends them after a reconnect, so a repeated fetch must not send them again
         self._in_flight: dict[tuple[str, str, int], Any] = {}
+        self._pruned = -1e9
+        self._pushed: dict[tuple[str, str], float] = {}  # (target, sha) -> when last pushed
+        self._blobs: dict[str, bytes] = {}  # content read once (BLOB_CACHE_BYTES at most)
         self._data_version: int | None = None
         self._stamp: tuple | None = None
         self._last_plan = -1e9
@@ -127,12 +132,23 @@ class HubLink:
         self._stamp, self._last_plan = stamp, mono
         issued = 0
         now = self.clock.now()
+        shared: dict[tuple[str, str], None] = {}  # (target, sha), in the order first named
         for st in self.store.stations():
             raw = planner.plan_station(self.store, self.signer, st["id"], now, self.quiet)
             if raw is not None:
                 issued += 1
                 self.link.publish(self.topics.bundle(st["id"]), raw, retain=True)
+                for sha, meta in json.loads(raw)["body"]["content"].items():
+                    if meta.get("push"):
+                        shared.setdefault((meta["push"], sha), None)
         self._data_version = self.store.data_version()
+        # after the bundles (a station learns it should expect the audio before it comes):
+        # each new file once per shared topic, not once per station that fetches it
+        for target, sha in shared:
+            last = self._pushed.get((target, sha))
+            if last is None or mono - last >= PUSH_AGAIN_S:
+                self._pushed[(target, sha)] = mono
+                self._push(target, sha)
         return issued
 
     def publish_commands(self) -> int:
@@ -154,20 +170,37 @@ class HubLink:
         return n
 
     def _push(self, target: str, sha: str) -> None:
-        """A commanded play's audio, once, to all of its targets (the broker fans it out):
-        stations that hold it ignore it, the others take it without asking, and one that
-        misses chunks asks for the rest with an ordinary fetch."""
-        try:
-            blob = self.store.content_path(sha).read_bytes()
-        except OSError:
-            log.error("cannot push %s: its file is missing", sha[:12])
+        """Audio once to all of a command's or a programme's targets (the broker fans it
+        out): stations that hold it ignore it, the others take it without asking, and one
+        that misses chunks asks for the rest with an ordinary fetch."""
+        blob = self._blob(sha)
+        if blob is None:
             return
         topic = self.topics.target_audio(target)
-        for off in range(0, len(blob), chunks.CHUNK_SIZE):
-            raw = chunks.encode(sha, off, len(blob), blob[off:off + chunks.CHUNK_SIZE])
+        for off in range(0, len(blob), chunks.PUSH_CHUNK_SIZE):
+            raw = chunks.encode(sha, off, len(blob), blob[off:off + chunks.PUSH_CHUNK_SIZE])
             if self.link.publish(topic, raw) is None:
+                # not silent: the stations fetch what the push did not bring
+                self._count("audio.push_interrupted")
+                log.warning("push of %s to %s stopped at %d of %d bytes (not connected or "
+                            "paho full); stations fetch the rest", sha[:12], target, off,
+                            len(blob))
                 return
             self._count("audio.chunks_pushed")
+
+    def _blob(self, sha: str) -> bytes | None:
+        """A content file's bytes, read once and kept while it is asked for (bounded)."""
+        blob = self._blobs.pop(sha, None)
+        if blob is None:
+            try:
+                blob = self.store.content_path(sha).read_bytes()
+            except OSError:
+                log.error("content %s: its file is missing", sha[:12])
+                return None
+        self._blobs[sha] = blob  # most recently used last
+        while sum(len(b) for b in self._blobs.values()) > BLOB_CACHE_BYTES and len(self._blobs) > 1:
+            self._blobs.pop(next(iter(self._blobs)))
+        return blob
 
     def _announce(self) -> None:
         """On every connect, the hub's birth. Bundles are not published again wholesale (N
@@ -361,13 +394,18 @@ class HubLink:
             raise Refused(Reason.MALFORMED, "fetch needs a sha, an offset and a length")
         if self.store.content(sha) is None:
             raise Refused(Reason.MALFORMED, f"no content {sha[:12]}")
-        blob = self.store.content_path(sha).read_bytes()
+        blob = self._blob(sha)
+        if blob is None:
+            raise Refused(Reason.MALFORMED, f"content {sha[:12]} has no file")
         start = min(offset, len(blob))
         mono = self.clock.monotonic()
-        self._in_flight = {k: v for k, v in self._in_flight.items()
-                           if not v[0].acknowledged or mono - v[1] < RESEND_AFTER_S}
+        if mono - self._pruned >= 1.0:  # not on every fetch: 5,000 fetching made it O(N²)
+            self._pruned = mono
+            self._in_flight = {k: v for k, v in self._in_flight.items()
+                               if not v[0].acknowledged or mono - v[1] < RESEND_AFTER_S}
         for off in range(start, max(min(start + length, len(blob)), 1), chunks.CHUNK_SIZE):
-            if (sid, sha, off) in self._in_flight:
+            held = self._in_flight.get((sid, sha, off))
+            if held is not None and (not held[0].acknowledged or mono - held[1] < RESEND_AFTER_S):
                 # paho still holds it, or the broker took it a moment ago: a station that
                 # reconnected twice in quick succession asks twice (seen under load: every
                 # file came down twice); a chunk really lost is asked for again later
@@ -376,6 +414,10 @@ class HubLink:
             raw = chunks.encode(sha, off, len(blob),
                                 blob[off:min(off + chunks.CHUNK_SIZE, start + length)])
             sent = self.link.publish(self.topics.audio(sid), raw)
-            if sent is not None:
-                self._in_flight[(sid, sha, off)] = (sent, mono)
-                self._count("audio.chunks_sent")
+            if sent is None:  # not silent: counted, and the station asks again
+                self._count("audio.chunks_not_sent")
+                log.warning("fetch of %s by %s: chunk at %d not handed to paho (not connected "
+                            "or paho full); the station asks again", sha[:12], sid, off)
+                return
+            self._in_flight[(sid, sha, off)] = (sent, mono)
+            self._count("audio.chunks_sent")

@@ -45,6 +45,15 @@ def targets(target: str, sid: str, groups: list[str]) -> bool:
             or (kind == "group" and name in groups))
 
 
+def _shared_target(target: str, already: str | None) -> str | None:
+    """Where the hub pushes audio once for every station that needs it (``push`` in the
+    bundle's content map): ``all`` if any item using it targets all, else the first group.
+    Audio for single stations is fetched by each."""
+    if already == "all" or target == "all":
+        return "all"
+    return already or (target if target.startswith("group:") else None)
+
+
 def still_relevant(item: Item, now: datetime) -> bool:
     if item.valid_until and item.valid_until < now - KEEP_PAST:
         return False
@@ -68,14 +77,19 @@ def programme(store: HubStore, sid: str, now: datetime,
         if not still_relevant(item, now):
             continue
         items.append(item.to_wire())
-        content[c["sha"]] = {"size": c["size"], "duration_ms": c["duration_ms"],
-                             "codec": c["codec"]}
+        entry = content.setdefault(c["sha"], {"size": c["size"], "duration_ms": c["duration_ms"],
+                                              "codec": c["codec"]})
+        shared = _shared_target(r["target"], entry.get("push"))
+        if shared:
+            entry["push"] = shared
     items.sort(key=lambda d: (d["start"], d["id"]))
     emergency = store.setting(f"emergency:{sid}") or store.setting("emergency:all")
     if emergency and store.content(emergency):
         c = store.content(emergency)
-        content[emergency] = {"size": c["size"], "duration_ms": c["duration_ms"],
-                              "codec": c["codec"]}
+        entry = content.setdefault(emergency, {"size": c["size"], "duration_ms": c["duration_ms"],
+                                               "codec": c["codec"]})
+        if store.setting("emergency:all") == emergency:
+            entry["push"] = "all"
     heightened = None
     for h in store.q("SELECT * FROM heightened WHERE end > ? ORDER BY start", [iso(now)]):
         if targets(h["target"], sid, groups):

@@ -21,6 +21,9 @@ from .envelope import Reason, Refused
 MAGIC = b"LXA2"
 HEADER = struct.Struct(">4s32sQQ32s")
 CHUNK_SIZE = 16 * 1024  # small, so a chunk repeated after a lost ack costs little
+# a push goes once to thousands: fewer, larger messages (each costs every receiver the same
+# per-message work); a receiver accepts chunks up to 4 × CHUNK_SIZE
+PUSH_CHUNK_SIZE = 4 * CHUNK_SIZE
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -44,7 +47,7 @@ def decode(raw: bytes, *, verify: bool = True) -> Chunk:
         raise Refused(Reason.MALFORMED, "not an audio chunk")
     _, sha, offset, total, chunk_sha = HEADER.unpack_from(raw)
     data = raw[HEADER.size:]
-    if offset + len(data) > total or len(data) > 4 * CHUNK_SIZE:
+    if offset + len(data) > total or len(data) > PUSH_CHUNK_SIZE:
         raise Refused(Reason.MALFORMED, "chunk header out of range")
     c = Chunk(sha.hex(), offset, total, data)
     if verify:

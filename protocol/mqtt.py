@@ -15,10 +15,13 @@ error".
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import queue
 import socket
 import ssl
+import struct
+import termios
 import threading
 from dataclasses import dataclass
 from typing import Callable
@@ -30,6 +33,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 log = logging.getLogger("loaxa.mqtt")
+MAX_IN_FLIGHT = 60_000  # unacknowledged QoS 1 messages one client may hold (ids: 1..65535)
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,7 @@ class MqttLink:
         self.attempts = 0
         self.bdseq = 0
         self.failure: Failure | None = None
+        self.refused_full = 0  # publishes refused because paho's message ids are all taken
         self._make_will = will
         self._on_connected = on_connected
         self._v5 = broker.protocol == "5"
@@ -234,8 +239,23 @@ class MqttLink:
         and re-sends it after a reconnect."""
         if not self.connected.is_set():
             return None
+        if qos and self._mid_busy():
+            self.refused_full += 1
+            return None
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         return Sent(info) if info.rc == paho.MQTT_ERR_SUCCESS else None
+
+    def _mid_busy(self) -> bool:
+        """Whether paho's next message id still belongs to a message the broker has not
+        acknowledged. paho numbers messages 1..65535 and wraps without looking: the new
+        message would replace the old one in its table and the old one would be lost
+        without a word (a hub fanning out audio to thousands can have that many in flight).
+        The caller keeps the message, as when not connected."""
+        c = self._client
+        out = c._out_messages  # paho's table of unacknowledged messages, by id
+        if len(out) >= MAX_IN_FLIGHT:
+            return True
+        return (c._last_mid % 65535) + 1 in out
 
     def publish_wait(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
                      timeout: float = 5.0) -> bool:
@@ -347,6 +367,20 @@ class MqttLink:
         self.inbox.put(m)
 
 
+def _readable(sock) -> bool:
+    """Whether bytes are waiting on ``sock`` (kernel buffer, or TLS's own)."""
+    if sock is None:
+        return False
+    pending = getattr(sock, "pending", None)
+    if pending is not None and pending():
+        return True
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD,
+                                               b"\0\0\0\0"))[0] > 0
+    except OSError:
+        return False
+
+
 class SharedLoop:
     """Many links on one thread (the simulated fleet, load tests): paho's external-loop
     interface (socket callbacks, ``loop_read`` / ``loop_write`` / ``loop_misc``) driven by one
@@ -413,6 +447,8 @@ class SharedLoop:
         except (KeyError, ValueError):
             pass
 
+    READS_PER_TURN = 16
+
     def poll(self, timeout: float) -> int:
         """Wait up to ``timeout`` for network events and handle them; returns how many."""
         import time
@@ -420,7 +456,13 @@ class SharedLoop:
         for key, mask in events:
             c = key.data._client
             if mask & self._selectors.EVENT_READ:
-                c.loop_read()
+                # what has arrived for this link, not one packet a turn: a station's
+                # command and the audio pushed behind it are taken together, instead of one
+                # message per turn of the whole fleet
+                for _ in range(self.READS_PER_TURN):
+                    c.loop_read()
+                    if not _readable(c.socket()):
+                        break
                 self.touched.add(key.data)
             if mask & self._selectors.EVENT_WRITE and c.socket() is not None:
                 c.loop_write()

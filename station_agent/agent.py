@@ -6,7 +6,6 @@ else happens on the agent's own thread in ``step()``, so the store is used from 
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -42,7 +41,9 @@ TIME_ASK_EVERY_S = 10.0     # while the clock is not trusted
 TIME_CHECK_EVERY_S = 60.0   # while it is
 LINK_GRACE_S = 30.0         # a link not up this long after start is an alarm (not at once)
 REFUSAL_REPORT_EVERY_S = 10.0  # a flood of one refusal is counted in full, reported sparingly
+REQUEST_EVERY_S = 0.5      # how often missing audio is looked over while a transfer runs
 PUSH_GRACE_S = 3.0          # a pushed file that makes no progress this long is fetched
+PROGRAMME_PUSH_GRACE_S = 10.0  # ... for a programme's audio, which is not needed this minute
 NEXT_EVERY_S = 10.0         # how often the status file's "what plays next" is worked out
 # alarms the agent raises itself (health.* come from probes): 2 = fault, 1 = degraded
 ALARM_SEVERITY = {"clock": 2, "audio_device": 2, "audio_corrupt": 2, "amplifier": 2, "relay": 2,
@@ -91,6 +92,7 @@ class Agent:
         )
         self._sent: dict[int, float] = {}        # outbox seq -> monotonic time last sent
         self._fetching: dict[str, float] = {}    # sha -> monotonic time of last progress
+        self._requested_at = -1e9  # when missing audio was last looked over
         self._window_end: dict[str, int] = {}    # sha -> end of the window asked for
         self._status_path = Path(cfg.data_dir) / "status.json"
         self._last_status: dict[str, Any] | None = None
@@ -472,18 +474,24 @@ class Agent:
         b = self.store.pending_bundle() or self.store.active_bundle()
         return {**self.commands.wanted(), **(b[1].get("content", {}) if b else {})}
 
-    def expect_push(self, sha: str, size: int) -> None:
-        """Audio the hub pushes with a command (once, to all of its targets): take its
+    def expect_push(self, sha: str, size: int, grace_s: float = PUSH_GRACE_S) -> None:
+        """Audio the hub pushes with a command or a programme (once, to all of its targets): take its
         chunks as they come and ask for it ourselves only if they stop coming."""
         if sha in self._fetching or self.store.has_audio(sha):
             return
-        self._fetching[sha] = self.clock.monotonic() - self.cfg.fetch_retry_s + PUSH_GRACE_S
+        self._fetching[sha] = self.clock.monotonic() - self.cfg.fetch_retry_s + grace_s
         self._window_end[sha] = size  # no window requests while the push progresses
 
     def _request_audio(self) -> None:
         if not self.link.connected.is_set():
             return
         mono = self.clock.monotonic()
+        # its decisions are on the scale of seconds (push grace, fetch retry): not every
+        # step of a transfer, unless a gap asked for it (_fetching set back to -1e9)
+        if mono - self._requested_at < REQUEST_EVERY_S and \
+                not any(v <= -1e8 for v in self._fetching.values()):
+            return
+        self._requested_at = mono
         content = self._wanted_content()
         if not content:
             return
@@ -567,6 +575,7 @@ class Agent:
         env = verify(msg.payload, self.hub_keys, now=None, kind="command")
         hub_now = self.hub_time.estimate(self.clock.monotonic())
         self.commands.handle(env, stream, trusted=self.trust.trusted, hub_now=hub_now)
+        self._requested_at = -1e9  # a play of audio not held: asked for at once
         self._saw_hub(env.iat)
 
     def _saw_hub(self, hub_time) -> None:
@@ -621,6 +630,10 @@ class Agent:
         self._saw_hub(env.iat)
         self.store.save_bundle(env.seq, env.id, raw, body, self.clock.now())
         log.info("bundle %d stored (%d items)", env.seq, len(items))
+        for sha, meta in content.items():  # the hub sends these once to all that need them
+            if isinstance(meta, dict) and meta.get("push"):
+                self.expect_push(sha, int(meta.get("size") or 0), PROGRAMME_PUSH_GRACE_S)
+        self._requested_at = -1e9  # what else it lacks is asked for at once
         self._try_activate()
 
     def _try_activate(self) -> None:
@@ -666,7 +679,7 @@ class Agent:
             if size >= self._window_end.get(c.sha, 0):
                 self._ask_window(c.sha, mono)
             return
-        digest = _sha256_file(self.store.part_path(c.sha))
+        digest = self.store.part_digest(c.sha)
         if digest != c.sha:
             self.store.discard_part(c.sha)
             raise Refused(Reason.BAD_AUDIO, f"audio {c.sha[:12]} arrived with hash {digest[:12]}")
@@ -746,11 +759,3 @@ def _hhmm(text: str | None):
         return dtime.fromisoformat(text) if text else None
     except ValueError:
         return None
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 16), b""):
-            h.update(block)
-    return h.hexdigest()

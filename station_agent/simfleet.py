@@ -211,7 +211,12 @@ class SimFleet:
             if a is not None:
                 self._active.add(a)
         now = time.monotonic()
-        share = int(len(self.agents) * (now - self._idle_at) / self.idle_every_s)
+        # idle steps wait while stations have work (a command, a transfer), up to three
+        # periods: on real stations each does its idle work on its own CPU, beside the
+        # work at hand; here they would take turns with it on one
+        behind = now - self._idle_at
+        share = 0 if self._active and behind < 3 * self.idle_every_s else \
+            int(len(self.agents) * behind / self.idle_every_s)
         full = set()
         if share:
             self._idle_at = now

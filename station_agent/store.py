@@ -5,6 +5,7 @@ leaves it only when the hub has acknowledged storing it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -50,6 +51,8 @@ class StationStore:
         self._lock = threading.RLock()
         self._parsed: dict[str, tuple[int, dict] | None] = {}
         self._present: set[str] | None = None  # audio recorded as held (see has_audio)
+        self._parts: dict[str, int] = {}  # part files' sizes (see part_size)
+        self._hashers: dict[str, Any] = {}  # running SHA-256 of part files (see part_digest)
         self._lazy: dict[str, int] = {}
         self._lazy_at = time.monotonic()
 
@@ -190,17 +193,45 @@ class StationStore:
         return [s for s in shas if not self.has_audio(s)]
 
     def part_size(self, sha: str) -> int:
-        try:
-            return self.part_path(sha).stat().st_size
-        except FileNotFoundError:
-            return 0
+        """Bytes of ``sha`` received so far (kept in memory after the first look: asked for
+        every chunk, and only this store writes part files)."""
+        size = self._parts.get(sha)
+        if size is None:
+            try:
+                size = self.part_path(sha).stat().st_size
+            except FileNotFoundError:
+                size = 0
+            self._parts[sha] = size
+        return size
 
     def append_part(self, sha: str, data: bytes) -> int:
+        before = self._parts.pop(sha, None)  # unknown until the write is done (disk full)
+        hasher = self._hashers.pop(sha, None)
         with open(self.part_path(sha), "ab") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-            return f.tell()
+            size = self._parts[sha] = f.tell()
+        # the file's hash as it grows, when this process saw it grow from nothing: the
+        # complete file is then checked without reading it back
+        if hasher is None and before == 0 and size == len(data):
+            hasher = hashlib.sha256()
+        if hasher is not None and size - len(data) == before:
+            hasher.update(data)
+            self._hashers[sha] = hasher
+        return size
+
+    def part_digest(self, sha: str) -> str:
+        """SHA-256 of the part file: from the running hash of its appends when it covers
+        them all, else read from disk."""
+        hasher = self._hashers.get(sha)
+        if hasher is not None and self._parts.get(sha) == self.part_size(sha):
+            return hasher.hexdigest()
+        h = hashlib.sha256()
+        with open(self.part_path(sha), "rb") as f:
+            for block in iter(lambda: f.read(1 << 16), b""):
+                h.update(block)
+        return h.hexdigest()
 
     def verify_audio(self, sha: str) -> str | None:
         """Check a stored file against its name before it goes on air; None if it is intact,
@@ -223,10 +254,14 @@ class StationStore:
         return f"audio {sha[:12]} changed on disk (hash {h.hexdigest()[:12]}): dropped"
 
     def discard_part(self, sha: str) -> None:
+        self._parts.pop(sha, None)
+        self._hashers.pop(sha, None)
         self.part_path(sha).unlink(missing_ok=True)
 
     def keep_audio(self, sha: str, at: datetime) -> None:
         """The verified part file becomes the cached audio: fsync'd, renamed, then recorded."""
+        self._parts.pop(sha, None)
+        self._hashers.pop(sha, None)
         part, final = self.part_path(sha), self.audio_path(sha)
         size = part.stat().st_size
         os.replace(part, final)
