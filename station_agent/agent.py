@@ -526,7 +526,7 @@ class Agent:
         t = self.topics
         try:
             if msg.topic == t.bundle(self.id):
-                self._on_bundle(msg.payload)
+                self._on_bundle(msg.payload, retained=msg.retain)
             elif msg.topic in self._audio_topics:
                 self._on_chunk(msg.payload)
             elif msg.topic == t.ack(self.id):
@@ -606,7 +606,7 @@ class Agent:
         self.store.event("refused", {"reason": r.reason.value, "detail": r.detail[:300],
                                      "topic": topic, "count": n}, self.clock.now())
 
-    def _on_bundle(self, raw: bytes) -> None:
+    def _on_bundle(self, raw: bytes, retained: bool = False) -> None:
         held = self.store.held_bundle()
         env = verify(raw, self.hub_keys, now=self.clock.now(), kind="bundle",
                      min_seq=held[0] if held else None)
@@ -630,8 +630,10 @@ class Agent:
         self._saw_hub(env.iat)
         self.store.save_bundle(env.seq, env.id, raw, body, self.clock.now())
         log.info("bundle %d stored (%d items)", env.seq, len(items))
-        for sha, meta in content.items():  # the hub sends these once to all that need them
-            if isinstance(meta, dict) and meta.get("push"):
+        # the hub sends these once to all that need them, right after the bundles; a bundle
+        # delivered from the broker's retained store (on connecting) came after its push
+        for sha, meta in content.items():
+            if not retained and isinstance(meta, dict) and meta.get("push"):
                 self.expect_push(sha, int(meta.get("size") or 0), PROGRAMME_PUSH_GRACE_S)
         self._requested_at = -1e9  # what else it lacks is asked for at once
         self._try_activate()

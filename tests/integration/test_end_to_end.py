@@ -87,3 +87,21 @@ def test_stations_play_on_time_without_the_broker_and_report_after(fleet, tmp_pa
     finally:
         fleet.stop()
         broker.stop()
+
+
+def test_a_programmes_new_audio_goes_out_once_for_all_stations_not_once_per_station(fleet):
+    """Issue 13: the hub pushes a new file for an item for all once, on the shared topic,
+    right after the bundles; the stations take it from there and do not fetch it each."""
+    from protocol import chunks
+    fleet.start()
+    fleet.wait_online()
+    fleet.wait_active(1)  # an empty programme, received on connecting (retained)
+    content = fleet.content("Thông báo: ngày mai cắt điện từ 7 giờ đến 11 giờ.")
+    fleet.schedule(content, T)
+    fleet.wait_active(2)
+    n = -(-content["size"] // chunks.PUSH_CHUNK_SIZE)
+    assert fleet.hub.counters.get("audio.chunks_pushed") == n
+    assert fleet.hub.counters.get("audio.chunks_sent", 0) == 0  # no station fetched its own
+    for sid in STATIONS:
+        held = fleet.station_dir(sid) / "data" / "audio" / f"{content['sha']}.opus"
+        assert held.read_bytes() == fleet.store.content_path(content["sha"]).read_bytes()
