@@ -497,18 +497,25 @@ class Agent:
             return
         missing = self.store.missing_audio(list(content))
         need = sum(int(content[s].get("size") or 0) - self.store.part_size(s) for s in missing)
-        free = shutil.disk_usage(self.store.audio_dir).free
-        if missing and free - need < self.cfg.min_free_bytes:
-            self.alarm("disk_full", True, f"{free // 2**20} MiB free, {need // 2**20} MiB of "
-                       f"audio wanted, {self.cfg.min_free_bytes // 2**20} MiB kept in reserve")
+        if missing and not self._room_for(need):
             return
-        if "disk_full" in self._held_alarms():
-            self.alarm("disk_full", False, f"{free // 2**20} MiB free")
         for sha in missing:
             last = self._fetching.get(sha)
             if last is not None and mono - last < self.cfg.fetch_retry_s:
                 continue
             self._ask_window(sha, mono)
+
+    def _room_for(self, need: int) -> bool:
+        """Whether ``need`` more bytes of audio leave the free-space reserve; if not, the
+        disk_full alarm (cleared when there is room again)."""
+        free = shutil.disk_usage(self.store.audio_dir).free
+        if free - need < self.cfg.min_free_bytes:
+            self.alarm("disk_full", True, f"{free // 2**20} MiB free, {need // 2**20} MiB of "
+                       f"audio wanted, {self.cfg.min_free_bytes // 2**20} MiB kept in reserve")
+            return False
+        if "disk_full" in self._held_alarms():
+            self.alarm("disk_full", False, f"{free // 2**20} MiB free")
+        return True
 
     def _ask_window(self, sha: str, mono: float) -> None:
         offset = self.store.part_size(sha)
@@ -660,6 +667,10 @@ class Agent:
             self.store.bump("ignored.chunk", lazy=True)
             return
         have = self.store.part_size(c.sha)
+        if have == 0 and c.offset == 0 and not self._room_for(c.total):
+            # a pushed file is not asked for, so the reserve is checked as it starts
+            self.store.bump("ignored.chunk_disk_full", lazy=True)
+            return
         if c.offset != have:
             self.store.bump("ignored.chunk", lazy=True)
             if c.offset > have:  # a gap: ask again from where we are
