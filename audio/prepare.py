@@ -1,6 +1,10 @@
-"""Turn any audio file into broadcast content: checked, loudness-normalised (EBU R128, two
-passes), optionally framed by a chime, encoded for transfer (mono Opus by default, MP3 as an
-option), named by its SHA-256.
+"""Turn any audio file into broadcast content: checked, loudness-normalised (EBU R128),
+optionally framed by a chime, encoded for transfer (mono Opus by default, MP3 as an option),
+named by its SHA-256.
+
+The input is decoded once, to a 48 kHz mono float working signal (raw, in a temporary
+folder), in the same pass that measures it; the gain search, the encoder and nothing else
+read the input again. The encoded result is decoded once more to check its true peak.
 """
 from __future__ import annotations
 
@@ -8,19 +12,20 @@ import hashlib
 import json
 import os
 import re
+import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ._run import ffmpeg_pass, run
+from ._run import ffmpeg_pass, run, tool
 from .errors import AudioError
 
 Progress = Callable[[str, float], None]  # (phase, fraction done) for long preparations
 
 TARGET_LUFS = -16.0
 TRUE_PEAK_DB = -1.0          # the limit: prepared audio never peaks above it
-CEILING_MARGIN_DB = 2.0      # limiter ceiling below the limit (encoder and inter-sample peaks)
+CEILING_MARGIN_DB = 2.5      # limiter ceiling below the limit (encoder and inter-sample peaks)
 BITRATE = {"opus": "24k", "mp3": "48k"}
 MIN_DURATION_MS = 200
 MAX_DURATION_MS = 4 * 3600 * 1000
@@ -80,22 +85,38 @@ _I = re.compile(r"^\s+I:\s+(-?[\d.]+|-inf) LUFS", re.M)
 _PEAK = re.compile(r"^\s+Peak:\s+(-?[\d.]+|-inf) dBFS", re.M)
 
 
+# the working signal, decoded once: 48 kHz mono 32-bit float, raw
+PCM_FORMAT = ["-f", "f32le", "-ar", "48000", "-ac", "1"]
+TO_PCM = "aresample=48000,aformat=channel_layouts=mono"
+
+
 def _ebur128(name: str, pre: str = "", *, true_peak: bool = False,
              clipping: bool = False, label: str | None = None, duration_ms: int = 0,
-             progress: Callable[[float], None] | None = None) -> Loudness:
-    """One ffmpeg pass: EBU R128 integrated loudness (and true peak, and clipping)."""
+             progress: Callable[[float], None] | None = None, pcm_in: bool = False,
+             pcm_out: str | None = None) -> Loudness:
+    """One ffmpeg pass: EBU R128 integrated loudness (and true peak, and clipping of the
+    input as decoded). ``pcm_in``: ``name`` is the raw working signal; ``pcm_out``: also
+    write what the chain makes there as the raw working signal."""
     label = label or name
-    chain = [f for f in (pre,) if f]
+    chain = []
     if clipping:
         chain.append("astats=measure_perchannel=none:measure_overall="
                      "Peak_level+Peak_count+Number_of_samples")
+    chain += [f for f in (pre,) if f]
     chain.append("ebur128" + ("=peak=true" if true_peak else ""))
-    rc, stderr = ffmpeg_pass(["-i", name, "-vn", "-map", "0:a:0", "-af", ",".join(chain),
-                              "-f", "null", "-"], duration_ms=duration_ms, progress=progress,
-                             timeout=3600)
+    out = (["-c:a", "pcm_f32le", "-f", "f32le", "-y", pcm_out] if pcm_out else
+           ["-f", "null", "-"])
+    rc, stderr = ffmpeg_pass([*(PCM_FORMAT if pcm_in else []), "-i", name, "-vn", "-map",
+                              "0:a:0", "-af", ",".join(chain), *out],
+                             duration_ms=duration_ms, progress=progress, timeout=3600)
     if rc != 0:
         last = [ln for ln in stderr.strip().splitlines() if ln.strip()][-1:]
         raise AudioError(f"{label}: không giải mã được / cannot be decoded ({' '.join(last)})")
+    return _loudness(stderr, label, true_peak=true_peak, clipping=clipping)
+
+
+def _loudness(stderr: str, label: str, *, true_peak: bool, clipping: bool) -> Loudness:
+    """What an ``ebur128`` (and ``astats``) pass printed."""
     found = _I.findall(stderr)
     if not found:
         raise AudioError(f"{label}: không đo được độ lớn / loudness could not be measured")
@@ -124,36 +145,96 @@ def measure(path: str | os.PathLike[str]) -> Loudness:
 
 
 def _chain(gain_db: float, ceiling_db: float) -> str:
-    """Gain to the target, then a limiter a margin below the true-peak limit (the encoder
-    and inter-sample peaks add up to ~1.5 dB over the sample peak)."""
-    return (f"aresample=48000,aformat=channel_layouts=mono,volume={gain_db:.2f}dB,"
+    """On the working signal: gain to the target, then a limiter a margin below the
+    true-peak limit (the encoder and inter-sample peaks add up to ~1.5 dB over the sample
+    peak)."""
+    return (f"volume={gain_db:.2f}dB,"
             f"alimiter=limit={10 ** (ceiling_db / 20):.5f}:level=false:attack=2:release=60")
 
 
+LOUDNESS_TOLERANCE_LU = 0.5  # of the encoded result (EBU R128 allows ±1 LU)
+SECOND_GAIN_DB = 2.0  # the second gain measured beside the first (see _solve_gain)
 ENCODER_LOSS_LU = 0.3  # Opus at speech bit rates reads ~0.3 LU quieter than its input
 
 
 def _solve_gain(name: str, target: float, start: Loudness, ceiling_db: float,
                 tick: Callable[[float], None] | None = None) -> float:
-    """The gain that lands the limited signal on ``target`` LUFS: secant steps, one cheap
-    ebur128 pass each (the limiter makes loudness grow less than the gain, so the slope is
-    learnt from the last two points)."""
+    """The gain that lands the limited signal on ``target`` LUFS. The limiter makes loudness
+    grow less than the gain, so two gains are measured at once (one ebur128 pass each, one
+    per core), the straight line through them gives the answer, and it is returned
+    unmeasured: the encoded result is measured anyway, and corrected if it missed."""
+    from concurrent.futures import ThreadPoolExecutor
     aim = target + ENCODER_LOSS_LU
-    g, slope = aim - start.integrated, 1.0
-    prev: tuple[float, float] | None = None
-    for step in range(6):
-        got = _ebur128(name, _chain(g, ceiling_db), duration_ms=start.duration_ms,
-                       progress=(lambda f, k=step: tick((k + f) / 6)) if tick else None
-                       ).integrated
-        if abs(got - aim) <= 0.25:
-            break
-        if prev is not None and abs(g - prev[0]) > 0.05:
-            slope = min(max((got - prev[1]) / (g - prev[0]), 0.1), 1.0)
-        prev = (g, got)
-        g += (aim - got) / slope
+    low = aim - start.integrated
+    gains = (low, low + SECOND_GAIN_DB)
+    done = [0.0, 0.0]
+
+    def level(k: int) -> float:
+        def seen(f: float) -> None:
+            done[k] = f
+            if tick:
+                tick(sum(done) / 2)
+        return _ebur128(name, _chain(gains[k], ceiling_db), duration_ms=start.duration_ms,
+                        progress=seen, pcm_in=True).integrated
+    with ThreadPoolExecutor(2) as pool:  # two ffmpeg processes: the threads only wait
+        got = list(pool.map(level, (0, 1)))
     if tick:
         tick(1.0)
-    return g
+    best = min((0, 1), key=lambda k: abs(got[k] - aim))
+    if abs(got[best] - aim) <= 0.25:
+        return gains[best]
+    slope = min(max((got[1] - got[0]) / SECOND_GAIN_DB, 0.1), 1.0)
+    return gains[best] + (aim - got[best]) / slope
+
+
+def _encode_checked(encode: list[str], out: Path, label: str, duration_ms: int,
+                    progress: Callable[[float], None] | None) -> Loudness:
+    """Encode to ``out`` and measure what was encoded (true peak, loudness) at the same
+    time: the encoder's stream goes to the file and into a second ffmpeg that decodes it, so
+    the check costs little time of its own on a machine with two cores. Returns the check's
+    measurement, with the file's duration."""
+    with tempfile.TemporaryFile() as err1, tempfile.TemporaryFile() as err2, \
+            open(out, "wb") as f:
+        enc = subprocess.Popen([tool("ffmpeg"), "-nostdin", "-hide_banner", *encode, "pipe:1"],
+                               stdout=subprocess.PIPE, stderr=err1, stdin=subprocess.DEVNULL)
+        chk = subprocess.Popen([tool("ffmpeg"), "-nostdin", "-hide_banner", "-nostats", "-i",
+                                "pipe:0", "-af", "ebur128=peak=true", "-f", "null", "-"],
+                               stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err2)
+        assert enc.stdout is not None and chk.stdin is not None
+        expected = max(duration_ms, 1) * 24_000 / 8000  # bytes at the nominal bit rate
+        written = 0
+        try:
+            for block in iter(lambda: enc.stdout.read(1 << 16), b""):
+                f.write(block)
+                try:
+                    chk.stdin.write(block)
+                except BrokenPipeError:
+                    pass  # the check failed: its exit code says so below
+                written += len(block)
+                if progress:
+                    progress(min(1.0, written / expected))
+            try:
+                chk.stdin.close()
+            except BrokenPipeError:
+                pass
+            rc_enc, rc_chk = enc.wait(3600), chk.wait(3600)
+        except subprocess.TimeoutExpired:
+            enc.kill()
+            chk.kill()
+            raise AudioError(f"{label}: ffmpeg took longer than 3600s") from None
+        finally:
+            enc.stdout.close()
+        err1.seek(0)
+        err2.seek(0)
+        e1, e2 = (e.read().decode("utf-8", "replace") for e in (err1, err2))
+    if rc_enc != 0:
+        raise AudioError(f"{label}: không mã hóa được / encoding failed: "
+                         f"{' | '.join(e1.strip().splitlines()[-3:])}")
+    if rc_chk != 0:
+        raise AudioError(f"{label}: bản mã hóa không đọc lại được / the encoded audio cannot be "
+                         f"read back: {' | '.join(e2.strip().splitlines()[-3:])}")
+    got = _loudness(e2, label, true_peak=True, clipping=False)
+    return Loudness(got.integrated, got.true_peak, 0.0, probe(out).duration_ms, 48000)
 
 
 def default_chime(path: Path) -> Path:
@@ -185,10 +266,12 @@ def prepare(src: str | os.PathLike[str], *, target_lufs: float = TARGET_LUFS,
     phase = (lambda what: (lambda f: progress(what, f))) if progress else (lambda what: None)
     with tempfile.TemporaryDirectory(prefix="loaxa-prep-") as tmp:
         source = Path(name)
+        pcm = str(Path(tmp) / "work.f32")
         known = probe(name).duration_ms if progress else 0
-        # one pass: loudness, clipping, length, rate
-        loud = _ebur128(name, clipping=True, label=label, duration_ms=known,
-                        progress=phase("đo độ lớn / measuring"))
+        # one decoding pass: clipping, length and rate of the input, the working signal
+        # (48 kHz mono) written once, and its loudness; every later pass reads that
+        loud = _ebur128(name, TO_PCM, clipping=True, label=label, duration_ms=known,
+                        progress=phase("đo độ lớn / measuring"), pcm_out=pcm)
         if loud.duration_ms < MIN_DURATION_MS:
             raise AudioError(f"{label}: chỉ có {loud.duration_ms} ms âm thanh, quá ngắn / only "
                              f"{loud.duration_ms} ms of audio")
@@ -218,25 +301,34 @@ def prepare(src: str | os.PathLike[str], *, target_lufs: float = TARGET_LUFS,
                  "[2]aresample=48000,aformat=channel_layouts=mono[c];"
                  "[a][b][c]concat=n=3:v=0:a=1", str(framed)], what=f"frame {name}")
             source = framed
-            loud = _ebur128(str(source))
+            loud = _ebur128(str(source), TO_PCM, pcm_out=pcm)
         out = Path(tmp) / f"out.{codec}"
         enc = (["-c:a", "libopus", "-b:a", BITRATE["opus"], "-vbr", "constrained",
                 "-application", "voip", "-f", "ogg"] if codec == "opus" else
                ["-c:a", "libmp3lame", "-b:a", BITRATE["mp3"], "-f", "mp3"])
         ceiling = true_peak_db - CEILING_MARGIN_DB
-        gain = _solve_gain(str(source), target_lufs, loud, ceiling,
+        gain = _solve_gain(pcm, target_lufs, loud, ceiling,
                            phase("cân chỉnh độ lớn / levelling"))
         for _ in range(4):
-            rc, err = ffmpeg_pass(["-v", "error", "-i", str(source), "-vn", "-map",
-                                   "0:a:0", "-af", _chain(gain, ceiling), "-ac", "1", "-ar",
-                                   "48000", *enc, "-fflags", "+bitexact", "-flags:a",
-                                   "+bitexact", "-y", str(out)], duration_ms=loud.duration_ms,
-                                  progress=phase("mã hóa / encoding"))
-            if rc != 0:
-                raise AudioError(f"{label}: không mã hóa được / encoding failed: "
-                                 f"{' | '.join(err.strip().splitlines()[-3:])}")
-            result = _ebur128(str(out), true_peak=True, label=label,
-                              duration_ms=loud.duration_ms, progress=phase("kiểm tra / checking"))
+            encode = ["-v", "error", *PCM_FORMAT, "-i", pcm, "-af", _chain(gain, ceiling),
+                      "-ac", "1", "-ar", "48000", *enc, "-fflags", "+bitexact", "-flags:a",
+                      "+bitexact"]
+            if codec == "opus":  # checked as it is encoded, on the other core
+                result = _encode_checked(encode, out, label, loud.duration_ms,
+                                         phase("mã hóa / encoding"))
+            else:  # an MP3's header is rewritten at the end: the file, then its check
+                rc, err = ffmpeg_pass([*encode, "-y", str(out)], duration_ms=loud.duration_ms,
+                                      progress=phase("mã hóa / encoding"))
+                if rc != 0:
+                    raise AudioError(f"{label}: không mã hóa được / encoding failed: "
+                                     f"{' | '.join(err.strip().splitlines()[-3:])}")
+                result = _ebur128(str(out), true_peak=True, label=label,
+                                  duration_ms=loud.duration_ms,
+                                  progress=phase("kiểm tra / checking"))
+            off = result.integrated - target_lufs
+            if abs(off) > LOUDNESS_TOLERANCE_LU:  # the unmeasured last gain step missed
+                gain -= off
+                continue
             if result.true_peak is not None and result.true_peak <= true_peak_db:
                 break
             # dense speech comes out of the encoder with more overshoot: lower the limiter's
@@ -244,7 +336,9 @@ def prepare(src: str | os.PathLike[str], *, target_lufs: float = TARGET_LUFS,
             # the loudness target has ±1 LU to give)
             ceiling -= result.true_peak - true_peak_db + 0.2
         else:
-            raise AudioError(f"{label}: could not bring peaks under {true_peak_db} dBTP")
+            raise AudioError(f"{label}: không đạt được độ lớn {target_lufs} LUFS với đỉnh dưới "
+                             f"{true_peak_db} dBTP / could not reach {target_lufs} LUFS with "
+                             f"peaks under {true_peak_db} dBTP in 4 encodings")
         data = out.read_bytes()
         duration = result.duration_ms
     return Prepared(data, hashlib.sha256(data).hexdigest(), duration, codec,
