@@ -219,8 +219,9 @@ def _encode_checked(encode: list[str], out: Path, label: str, duration_ms: int,
                 pass
             rc_enc, rc_chk = enc.wait(3600), chk.wait(3600)
         except subprocess.TimeoutExpired:
-            enc.kill()
-            chk.kill()
+            for proc in (enc, chk):
+                proc.kill()
+                proc.wait()
             raise AudioError(f"{label}: ffmpeg took longer than 3600s") from None
         finally:
             enc.stdout.close()
