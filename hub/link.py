@@ -52,6 +52,7 @@ class HubLink:
         self._in_flight: dict[tuple[str, str, int], Any] = {}
         self._pruned = -1e9
         self._pushed: dict[tuple[str, str], float] = {}  # (target, sha) -> when last pushed
+        self._known: set[str] | None = None  # audio the programme has used (see replan)
         self._blobs: dict[str, bytes] = {}  # content read once (BLOB_CACHE_BYTES at most)
         self._data_version: int | None = None
         self._stamp: tuple | None = None
@@ -132,6 +133,8 @@ class HubLink:
         self._stamp, self._last_plan = stamp, mono
         issued = 0
         now = self.clock.now()
+        if self._known is None:  # what the programme used when this hub started: not new
+            self._known = {r["content_sha"] for r in self.store.items()}
         shared: dict[tuple[str, str], None] = {}  # (target, sha), in the order first named
         for st in self.store.stations():
             raw = planner.plan_station(self.store, self.signer, st["id"], now, self.quiet)
@@ -144,11 +147,14 @@ class HubLink:
         self._data_version = self.store.data_version()
         # after the bundles (a station learns it should expect the audio before it comes):
         # each new file once per shared topic, not once per station that fetches it
+        # (only files new to the programme: a bundle re-signed before it expires names the
+        # same files, which the stations hold)
         for target, sha in shared:
             last = self._pushed.get((target, sha))
-            if last is None or mono - last >= PUSH_AGAIN_S:
+            if sha not in self._known and (last is None or mono - last >= PUSH_AGAIN_S):
                 self._pushed[(target, sha)] = mono
                 self._push(target, sha)
+        self._known.update(sha for _, sha in shared)
         return issued
 
     def publish_commands(self) -> int:
