@@ -137,11 +137,11 @@ class HubLink:
             self._known = {r["content_sha"] for r in self.store.items()}
         shared: dict[tuple[str, str], None] = {}  # (target, sha), in the order first named
         for st in self.store.stations():
-            raw = planner.plan_station(self.store, self.signer, st["id"], now, self.quiet)
-            if raw is not None:
+            bundle = planner.issue_bundle(self.store, self.signer, st["id"], now, self.quiet)
+            if bundle is not None:
                 issued += 1
-                self.link.publish(self.topics.bundle(st["id"]), raw, retain=True)
-                for sha, meta in json.loads(raw)["body"]["content"].items():
+                self.link.publish(self.topics.bundle(st["id"]), bundle.raw, retain=True)
+                for sha, meta in bundle.content.items():
                     if meta.get("push"):
                         shared.setdefault((meta["push"], sha), None)
         self._data_version = self.store.data_version()
@@ -408,10 +408,10 @@ class HubLink:
         if mono - self._pruned >= 1.0:  # not on every fetch: 5,000 fetching made it O(N²)
             self._pruned = mono
             self._in_flight = {k: v for k, v in self._in_flight.items()
-                               if not v[0].acknowledged or mono - v[1] < RESEND_AFTER_S}
+                               if _still_held(v, mono)}
         for off in range(start, max(min(start + length, len(blob)), 1), chunks.CHUNK_SIZE):
             held = self._in_flight.get((sid, sha, off))
-            if held is not None and (not held[0].acknowledged or mono - held[1] < RESEND_AFTER_S):
+            if held is not None and _still_held(held, mono):
                 # paho still holds it, or the broker took it a moment ago: a station that
                 # reconnected twice in quick succession asks twice (seen under load: every
                 # file came down twice); a chunk really lost is asked for again later
@@ -427,3 +427,9 @@ class HubLink:
                 return
             self._in_flight[(sid, sha, off)] = (sent, mono)
             self._count("audio.chunks_sent")
+
+
+def _still_held(entry: tuple[Any, float], mono: float) -> bool:
+    """A chunk paho still holds, or that the broker took a moment ago: not sent again."""
+    sent, at = entry
+    return not sent.acknowledged or mono - at < RESEND_AFTER_S

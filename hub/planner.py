@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -102,9 +103,23 @@ def programme(store: HubStore, sid: str, now: datetime,
             "heightened": heightened}
 
 
+@dataclass(frozen=True)
+class Issued:
+    raw: bytes                       # the signed bundle, as published
+    content: dict[str, dict[str, Any]]  # its audio, by SHA-256 (with ``push`` where shared)
+
+
 def plan_station(store: HubStore, signer: Signer, sid: str, now: datetime,
                  quiet: QuietHours | None) -> bytes | None:
     """Issue a new bundle for ``sid`` if its programme changed; return it, else None."""
+    issued = issue_bundle(store, signer, sid, now, quiet)
+    return issued.raw if issued else None
+
+
+def issue_bundle(store: HubStore, signer: Signer, sid: str, now: datetime,
+                 quiet: QuietHours | None) -> Issued | None:
+    """``plan_station``, with the programme's audio beside the signed bytes (the hub pushes
+    shared audio after the bundles without parsing them again)."""
     prog = programme(store, sid, now, quiet)
     digest = hashlib.sha256(canonical(prog)).hexdigest()
     latest = store.latest_bundle(sid)
@@ -116,4 +131,4 @@ def plan_station(store: HubStore, signer: Signer, sid: str, now: datetime,
     raw = seal("bundle", body, signer=signer, seq=version, now=now, ttl=BUNDLE_TTL)
     store.add_bundle(sid, version, digest, now, now + BUNDLE_TTL, raw)
     log.info("bundle %s v%d: %d items", sid, version, len(prog["items"]))
-    return raw
+    return Issued(raw, prog["content"])
