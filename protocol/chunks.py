@@ -22,8 +22,8 @@ MAGIC = b"LXA2"
 HEADER = struct.Struct(">4s32sQQ32s")
 CHUNK_SIZE = 16 * 1024  # small, so a chunk repeated after a lost ack costs little
 # a push goes once to thousands: fewer, larger messages (each costs every receiver the same
-# per-message work); a receiver accepts chunks up to 4 × CHUNK_SIZE
-PUSH_CHUNK_SIZE = 4 * CHUNK_SIZE
+# per-message work; a 60 s announcement is one); a receiver accepts chunks up to this size
+PUSH_CHUNK_SIZE = 16 * CHUNK_SIZE
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 

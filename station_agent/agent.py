@@ -91,6 +91,7 @@ class Agent:
             on_connected=lambda bdseq: self.link.inbox.put(_CONNECTED), loop=loop,
         )
         self._sent: dict[int, float] = {}        # outbox seq -> monotonic time last sent
+        self._outbox_seen = -1  # store.appended when the outbox was last read
         self._fetching: dict[str, float] = {}    # sha -> monotonic time of last progress
         self._requested_at = -1e9  # when missing audio was last looked over
         self._window_end: dict[str, int] = {}    # sha -> end of the window asked for
@@ -238,6 +239,21 @@ class Agent:
     def busy(self) -> bool:
         """Something to do before the next idle step: messages, a play, a transfer."""
         return not self.link.inbox.empty() or self.runner.busy or bool(self._fetching)
+
+    @property
+    def receiving(self) -> bool:
+        """Audio on its way (pushed or fetched)."""
+        return bool(self._fetching)
+
+    def request_due_at(self) -> float:
+        """The monotonic instant ``_request_audio`` next has something to ask (a push that
+        stopped, a fetch to retry); infinity when no audio is on its way."""
+        if not self._fetching:
+            return float("inf")
+        oldest = min(self._fetching.values())
+        if oldest <= -1e8:  # a gap: asked for at once
+            return float("-inf")
+        return max(oldest + self.cfg.fetch_retry_s, self._requested_at + REQUEST_EVERY_S)
 
     def health_status(self) -> str:
         """ok / degraded / fault: the worst of the probes and the alarms the agent raises
@@ -438,21 +454,30 @@ class Agent:
         self._publish_state()
         self._ask_time()
         self._sent.clear()  # resend anything unacknowledged on the new connection
+        self._outbox_seen = -1
         for sha in list(self._fetching):
             self._fetching[sha] = -1e9
 
-    def flush_due(self, every_s: float = 0.5) -> None:
+    def flush_due(self, every_s: float = 0.5) -> bool:
         """Send reports now if the last light flush is ``every_s`` old (the simulated fleet
-        calls it after a turn of light steps)."""
+        calls it after a turn of light steps); False if it was not due yet."""
         mono = self.clock.monotonic()
-        if mono - self._light_flush >= every_s:
-            self._light_flush = mono
-            self._flush_reports()
+        if mono - self._light_flush < every_s:
+            return False
+        self._light_flush = mono
+        self._flush_reports()
+        return True
 
     def _flush_reports(self) -> None:
         if not self.link.connected.is_set():
             return
         mono = self.clock.monotonic()
+        # the outbox is read only when there is something new or a report is due again
+        # (this process is its only writer)
+        if self.store.appended == self._outbox_seen and (
+                not self._sent or mono - min(self._sent.values()) < self.cfg.report_retry_s):
+            return
+        self._outbox_seen = self.store.appended
         batch = [e for e in self.store.pending_events(self.cfg.report_batch)
                  if mono - self._sent.get(e["seq"], -1e9) >= self.cfg.report_retry_s]
         if not batch:
@@ -473,6 +498,14 @@ class Agent:
         again)."""
         b = self.store.pending_bundle() or self.store.active_bundle()
         return {**self.commands.wanted(), **(b[1].get("content", {}) if b else {})}
+
+    def _wanted_meta(self, sha: str) -> dict[str, Any] | None:
+        """``_wanted_content().get(sha)`` without building the whole map (asked per chunk)."""
+        meta = self.commands.wanted_meta(sha)
+        for b in (self.store.pending_bundle(), self.store.active_bundle()):
+            if b is not None:
+                return b[1].get("content", {}).get(sha, meta)
+        return meta
 
     def expect_push(self, sha: str, size: int, grace_s: float = PUSH_GRACE_S) -> None:
         """Audio the hub pushes with a command or a programme (once, to all of its targets): take its
@@ -563,6 +596,7 @@ class Agent:
                 self.store.acknowledge(seqs)
                 for s in seqs:
                     self._sent.pop(s, None)
+                self._outbox_seen = -1  # what the acknowledged batch held back may go now
             elif msg.topic == t.hub_state():
                 if msg.payload:  # the hub's presence: its signed time is a floor for ours
                     self._saw_hub(verify(msg.payload, self.hub_keys, now=None).iat)
@@ -655,7 +689,7 @@ class Agent:
         self.store.bump("audio.bytes_received", len(raw), lazy=True)
         c = chunks.decode(raw, verify=False)  # raises Refused on a malformed chunk
         # bound to the signed bundle or command: only audio it names, of the size it states
-        meta = self._wanted_content().get(c.sha)
+        meta = self._wanted_meta(c.sha)
         if meta is None:  # not stored, so it costs nothing: audio this station already has,
             self.store.bump("ignored.chunk_unwanted", lazy=True)  # or an old programme's
             return
@@ -676,7 +710,9 @@ class Agent:
             if c.offset > have:  # a gap: ask again from where we are
                 self._fetching[c.sha] = -1e9
             return
-        chunks.check(raw, c)  # corrupt data: refused (bad_audio)
+        whole = c.offset == 0 and len(c.data) == c.total
+        if not whole:  # a whole file in one chunk is checked once, against its own name
+            chunks.check(raw, c)  # corrupt data: refused (bad_audio)
         try:
             size = self.store.append_part(c.sha, c.data)
         except OSError as exc:
@@ -696,12 +732,13 @@ class Agent:
         if digest != c.sha:
             self.store.discard_part(c.sha)
             raise Refused(Reason.BAD_AUDIO, f"audio {c.sha[:12]} arrived with hash {digest[:12]}")
-        self.store.keep_audio(c.sha, self.clock.now())
+        activated = self.store.keep_audio(c.sha, self.clock.now(), then_activate=True)
+        if activated is not None:
+            log.info("bundle %d active", activated)
         if "audio_corrupt" in self._held_alarms():
             self.alarm("audio_corrupt", False, f"audio {c.sha[:12]} fetched again")
         self._fetching.pop(c.sha, None)
         self._window_end.pop(c.sha, None)
-        self._try_activate()
 
     # -- local status (read by the demo and the local console) ----------------------------
     def _write_status(self) -> None:

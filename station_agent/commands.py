@@ -265,6 +265,12 @@ class Commands:
                                     detail or ", ".join(track["ended"]), now,
                                     {"outcomes": track["ended"]})
 
+    def wanted_meta(self, sha: str) -> dict[str, int] | None:
+        """``wanted().get(sha)``, without copying the map."""
+        if sha not in self.content:
+            return None
+        return self.wanted().get(sha)
+
     def wanted(self) -> dict[str, dict[str, int]]:
         """Audio still needed by commanded plays that may yet start."""
         need = {q.item.content for q in self.runner.queued}

@@ -53,6 +53,7 @@ class StationStore:
         self._present: set[str] | None = None  # audio recorded as held (see has_audio)
         self._parts: dict[str, int] = {}  # part files' sizes (see part_size)
         self._hashers: dict[str, Any] = {}  # running SHA-256 of part files (see part_digest)
+        self.appended = 0  # events appended by this process (see _event)
         self._lazy: dict[str, int] = {}
         self._lazy_at = time.monotonic()
 
@@ -75,18 +76,26 @@ class StationStore:
         written with the next plain bump or every few seconds (a crash may lose a few seconds
         of them; what they count is never lost)."""
         if lazy:
+            if not self._lazy:  # the first one not written yet: written within a few seconds
+                self._lazy_at = time.monotonic()
             self._lazy[counter] = self._lazy.get(counter, 0) + by
             if time.monotonic() - self._lazy_at < LAZY_COUNTERS_S:
                 return 0
         with self._lock, write(self.db):
-            pending, self._lazy, self._lazy_at = self._lazy, {}, time.monotonic()
             if not lazy:
-                pending[counter] = pending.get(counter, 0) + by
-            n = 0
-            for name, add in pending.items():
-                n = int(self.get(f"count.{name}", "0")) + add
-                self.put(f"count.{name}", n)
+                self._lazy[counter] = self._lazy.get(counter, 0) + by
+            n = self._write_lazy().get(counter, 0)
             return n if not lazy else 0
+
+    def _write_lazy(self) -> dict[str, int]:
+        """Pending lazy counters into the transaction in progress (a plain bump's, or an
+        event's, so they cost no commit of their own); their new totals."""
+        pending, self._lazy = self._lazy, {}
+        totals = {}
+        for name, add in pending.items():
+            totals[name] = int(self.get(f"count.{name}", "0")) + add
+            self.put(f"count.{name}", totals[name])
+        return totals
 
     def counters(self) -> dict[str, int]:
         rows = self.db.execute("SELECT key, value FROM meta WHERE key LIKE 'count.%'")
@@ -109,6 +118,9 @@ class StationStore:
         """Append an event; call inside a transaction with the state change it reports.
         What cannot go on the wire is refused here, before it could block the outbox."""
         check_wire(data, f"event {kind}")
+        if self._lazy:
+            self._write_lazy()
+        self.appended += 1  # a hint for the reporter (one more than committed if rolled back)
         seq = int(self.get("next_seq", "1"))
         self.put("next_seq", seq + 1)
         self.db.execute("INSERT INTO outbox(seq, kind, at, data) VALUES (?, ?, ?, ?)",
@@ -129,9 +141,11 @@ class StationStore:
 
     def acknowledge(self, seqs: list[int]) -> int:
         with self._lock, write(self.db):
-            n = 0
-            for s in seqs:
-                n += self.db.execute("DELETE FROM outbox WHERE seq = ?", [int(s)]).rowcount
+            keys, n = [int(s) for s in seqs], 0
+            for i in range(0, len(keys), 500):  # a statement per batch, not per event
+                part = keys[i:i + 500]
+                n += self.db.execute(f"DELETE FROM outbox WHERE seq IN "
+                                     f"({','.join('?' * len(part))})", part).rowcount
             return n
 
     # -- bundles ---------------------------------------------------------------------------
@@ -170,10 +184,13 @@ class StationStore:
     def activate(self, version: int, at: datetime) -> None:
         """Make ``version`` the programme that plays; older bundles are dropped."""
         with self._lock, write(self.db):
-            self.db.execute("DELETE FROM bundles WHERE version < ?", [version])
-            self.db.execute("UPDATE bundles SET state = 'active' WHERE version = ?", [version])
-            self._event("bundle.activated", {"version": version}, at)
+            self._activate(version, at)
         self._parsed.clear()
+
+    def _activate(self, version: int, at: datetime) -> None:
+        self.db.execute("DELETE FROM bundles WHERE version < ?", [version])
+        self.db.execute("UPDATE bundles SET state = 'active' WHERE version = ?", [version])
+        self._event("bundle.activated", {"version": version}, at)
 
     # -- audio cache -----------------------------------------------------------------------
     def audio_path(self, sha: str) -> Path:
@@ -205,12 +222,15 @@ class StationStore:
         return size
 
     def append_part(self, sha: str, data: bytes) -> int:
+        """Append a chunk. Not fsync'd: a power cut can only leave the part shorter (it
+        resumes from its size) or, on a file system that does not order data before size,
+        wrong (the whole file's hash refuses it, and it is fetched again); ``keep_audio``
+        makes it durable once, whole."""
         before = self._parts.pop(sha, None)  # unknown until the write is done (disk full)
         hasher = self._hashers.pop(sha, None)
         with open(self.part_path(sha), "ab") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
             size = self._parts[sha] = f.tell()
         # the file's hash as it grows, when this process saw it grow from nothing: the
         # complete file is then checked without reading it back
@@ -258,23 +278,39 @@ class StationStore:
         self._hashers.pop(sha, None)
         self.part_path(sha).unlink(missing_ok=True)
 
-    def keep_audio(self, sha: str, at: datetime) -> None:
-        """The verified part file becomes the cached audio: fsync'd, renamed, then recorded."""
+    def keep_audio(self, sha: str, at: datetime, *, then_activate: bool = False) -> int | None:
+        """The verified part file becomes the cached audio: fsync'd, renamed, then recorded.
+        ``then_activate``: in the same transaction, the pending bundle becomes active if this
+        was the last file it lacked; returns the version activated, if one was."""
         self._parts.pop(sha, None)
         self._hashers.pop(sha, None)
         part, final = self.part_path(sha), self.audio_path(sha)
-        size = part.stat().st_size
+        fd = os.open(part, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
         os.replace(part, final)
         dfd = os.open(self.audio_dir, os.O_RDONLY)
         try:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+        activated = None
         with self._lock, write(self.db):
             self.db.execute("INSERT OR REPLACE INTO audio VALUES (?, ?, ?)", [sha, size, iso(at)])
             self._event("audio.stored", {"sha": sha, "size": size}, at)
+            pending = self.pending_bundle() if then_activate else None
+            if pending and not [s for s in pending[1].get("content", {})
+                                if s != sha and not self.has_audio(s)]:
+                self._activate(pending[0], at)
+                activated = pending[0]
         if self._present is not None:
             self._present.add(sha)
+        if activated is not None:  # what the transaction did, without reading it back
+            self._parsed["active"], self._parsed["pending"] = pending, None
+        return activated
 
     # -- commands --------------------------------------------------------------------------
     def command_state(self, cid: str) -> str | None:
