@@ -179,6 +179,8 @@ class SimFleet:
         self._active: set[Agent] = set()   # stations with something to do: stepped each turn
         self._cursor = 0
         self._idle_at = time.monotonic()
+        self._reports_at = self._idle_at  # when the fleet last let reports go
+        self._to_report: set[Agent] = set()  # stepped since: their reports may be due
 
     def _recorder(self, sid: str) -> Callable[[str, datetime], None]:
         def record(content: str, at: datetime) -> None:
@@ -223,12 +225,23 @@ class SimFleet:
             for _ in range(min(share, len(self.agents))):
                 full.add(self.agents[self._cursor % len(self.agents)])
                 self._cursor += 1
-        stepped = list(self._active | full)
+        # a station only waiting (for a push to go on, a fetch to be retried) is stepped
+        # when it has a request to make, not every turn
+        mono = self.clock.monotonic()
+        stepped = [a for a in self._active | full
+                   if a in full or a.link in touched or a.runner.busy
+                   or not a.link.inbox.empty() or mono >= a.request_due_at()]
         for a in stepped:
             a.step(light=a not in full)
-        for a in stepped:  # reports after every busy station has had its turn
-            if a not in full:
-                a.flush_due()
+        # reports after every busy station has had its turn, and while audio is arriving
+        # at any station, after the transfers (up to three idle periods): a real station
+        # sends them on its own CPU beside its transfer; here they would delay the others'
+        self._to_report.update(a for a in stepped if a not in full)
+        if not any(a.receiving for a in self._active) or \
+                now - self._reports_at >= 3 * self.idle_every_s:
+            self._reports_at = now
+            self._to_report = {a for a in self._to_report if not a.flush_due()}
+        for a in stepped:
             if not a.busy:
                 self._active.discard(a)
             elif a in full:
