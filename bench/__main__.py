@@ -103,8 +103,16 @@ def main() -> int:
     from bench.hub_messages import run as bench_hub_heartbeat
     from bench.occurrences import run as bench_occurrences
     from bench.p1_alert import run as bench_p1_alert
-    for bench in (bench_occurrences, bench_hub_heartbeat, bench_audio_prepare, bench_p1_alert):
-        out = bench()
+    benches = {"occurrences": bench_occurrences, "hub_heartbeat": bench_hub_heartbeat,
+               "audio_prepare": bench_audio_prepare, "p1_alert": bench_p1_alert}
+    chosen = sys.argv[1:] or list(benches)  # `python -m bench p1_alert`: one of them
+    unknown = [c for c in chosen if c not in benches]
+    if unknown:
+        print(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(benches)}",
+              file=sys.stderr)
+        return 2
+    for name in chosen:
+        out = benches[name]()
         for result in [out, *out.pop("also", [])]:  # a bench may measure more than one thing
             result = {**result, **meta}
             (RESULTS / f"{result['name']}.json").write_text(json.dumps(result, indent=1))
