@@ -50,11 +50,16 @@ def drive(runner, clock, until, timeout=15):
     """Tick with the clock moving in step with real time (relays and sound take real time)."""
     import time
     deadline = time.monotonic() + timeout
+    last = time.monotonic()
     while not until():
         assert time.monotonic() < deadline
         runner.tick()
         time.sleep(0.01)
-        clock.advance(0.01)
+        # by the real time that passed, not by the 10 ms asked for: under a loaded machine
+        # a turn takes longer, and a clock advanced 10 ms a turn fell behind the pins' times
+        now = time.monotonic()
+        clock.advance(now - last)
+        last = now
 
 
 def test_sequence_order_and_delays_from_pin_history(rig):
