@@ -38,6 +38,9 @@ def _summary(lat: list[float], n: int) -> dict:
             "p99_ms": round(_pct(lat, 0.99) * 1000, 1), "max_ms": round(max(lat) * 1000, 1)}
 
 
+FANOUT_SECONDS = (66, 67, 68)
+
+
 def _holding(root: Path, configs, sha: str) -> int:
     return sum((root / c.station_id / "audio" / f"{sha}.opus").exists() for c in configs)
 
@@ -181,7 +184,6 @@ def run(n: int = int(os.environ.get("LOAXA_P1_STATIONS", "2000"))) -> dict:
     try:
         cmd_size = 700  # an alert command envelope is about this size (measured below)
         baseline = fanout_baseline(broker.port, n, cmd_size)
-        fan_src = _announcement(work, seconds=66)  # ~200 KB once prepared
         home = work / "hub"
         init_hub(home, broker_host="127.0.0.1", broker_port=broker.port)
         cfg = hubconfig.load(home)
@@ -194,8 +196,13 @@ def run(n: int = int(os.environ.get("LOAXA_P1_STATIONS", "2000"))) -> dict:
         held = add_content_file(store, src, title="P1 held", now=now)
         long_src = _announcement(work)
         pushed = add_content_file(store, long_src, title="P1 pushed 60 s", now=now)
-        fan = add_content_file(store, fan_src, title="P13 fan-out", now=now)
-        fan_baseline = fanout_baseline(broker.port, n, fan["size"])
+        # three new items, each ~200 KB once prepared: the figure is the median of three
+        # transfers (one swings with how the two cores were shared) beside the median of
+        # three raw publishes
+        fans = [add_content_file(store, _announcement(work, seconds=s), title=f"P13 {s}",
+                                 now=now) for s in FANOUT_SECONDS]
+        fan_baselines = [fanout_baseline(broker.port, n, fans[0]["size"])
+                         for _ in FANOUT_SECONDS]
         configs = enrol(home, n, root)
         data = store.content_path(held["sha"]).read_bytes()
         for c in configs:  # the held alert's audio is already on every station
@@ -231,19 +238,30 @@ def run(n: int = int(os.environ.get("LOAXA_P1_STATIONS", "2000"))) -> dict:
         # each phase starts on a quiet fleet: on one core, the stations' reports of the
         # previous alert would otherwise be measured as this transfer's time
         settled_s = _quiet([hub.pid, fleet.pid])
-        fan_r = _bundle_audio(broker.port, store, root, configs, fan, hub.pid, 180)
-        fan_r["settled_before_s"] = settled_s
+        fan_runs = []
+        for i, fan in enumerate(fans):
+            if i:
+                settled_s = _quiet([hub.pid, fleet.pid])
+            fan_runs.append({**_bundle_audio(broker.port, store, root, configs, fan, hub.pid,
+                                             180), "settled_before_s": settled_s,
+                             "audio_bytes": fan["size"]})
         store.close()
-        base_max_s = fan_baseline.get("max_ms", 0) / 1000
-        transfer = fan_r.get("transfer_s")
+        base_maxes = [b.get("max_ms") for b in fan_baselines]
+        base_max_s = statistics.median(base_maxes) / 1000 if all(base_maxes) else None
+        transfers = [r.get("transfer_s") for r in fan_runs]
+        transfer = statistics.median(transfers) if all(transfers) else None
         fanout = {
-            "name": "audio_fanout", "stations": n, "audio_bytes": fan["size"],
+            "name": "audio_fanout", "stations": n, "audio_bytes": fans[0]["size"],
             "what": "a new item for all, on a quiet fleet: from the hub's first chunk of its "
                     "audio on the wire to every station holding the verified file (the "
                     "file's rename, its ctime: transfer_s); the hub's replanning before it is "
                     "issue 11's (first_chunk_after_s)",
-            "baseline_raw_fanout_one_publish": {**fan_baseline, "message_bytes": fan["size"]},
-            "programme_audio": fan_r, "target_ratio_to_baseline_max": 3.0,
+            "baseline_raw_fanout_one_publish": [{**b, "message_bytes": fans[0]["size"]}
+                                                for b in fan_baselines],
+            "programme_audio": fan_runs,
+            "median_transfer_s": transfer,
+            "median_baseline_max_s": base_max_s,
+            "target_ratio_to_baseline_max": 3.0,
             "ratio_to_baseline_max": round(transfer / base_max_s, 2)
             if transfer and base_max_s else None,
             "meets_targets": bool(transfer and base_max_s and transfer <= 3 * base_max_s)}
