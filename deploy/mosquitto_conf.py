@@ -10,20 +10,26 @@ HUB_CN = "loaxa-hub"
 
 def render_acl(prefix: str = "loaxa", hub_cn: str = HUB_CN) -> str:
     p = Topics(prefix).prefix  # validated: no wildcards, no trailing '/'
-    shared = [f"topic read {p}/all/cmd", f"topic read {p}/group/+/cmd",
-              f"topic read {p}/all/audio", f"topic read {p}/group/+/audio",
-              f"topic read {p}/hub/state"]
+    # `pattern` lines apply to every client; `topic` lines before the first `user` would
+    # apply only to anonymous clients, which this broker refuses (the first ACL shipped
+    # had them there, and no station could read an alert for all: the security matrix
+    # test found it)
+    shared = [f"pattern read {p}/all/cmd", f"pattern read {p}/group/+/cmd",
+              f"pattern read {p}/all/audio", f"pattern read {p}/group/+/audio",
+              f"pattern read {p}/hub/state"]
     station = [f"pattern read {p}/station/%u/{leaf}" for leaf in ("bundle", "cmd", "audio", "ack")]
     station += [f"pattern write {p}/station/%u/{leaf}"
                 for leaf in ("state", "events", "health", "fetch")]
     return "\n".join([
         f"# mosquitto ACL for a loaxa hub with topic prefix {p!r} (`loaxa hub acl` makes it).",
-        "# What every client may read (lines before the first `user` apply to all):",
-        *shared,
-        "",
         f'# The hub\'s certificate CN is "{hub_cn}".',
         f"user {hub_cn}",
         f"topic readwrite {p}/#",
+        "",
+        "# Every client (`pattern` lines apply to all; `topic` lines before the first `user`",
+        "# would apply only to anonymous clients, which this broker refuses) may read what",
+        "# the hub sends to all and to groups, and the hub's presence:",
+        *shared,
         "",
         "# Every other client is a station whose certificate CN is its station id (%u).",
         *station, ""])
