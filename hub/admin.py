@@ -97,8 +97,53 @@ def add_station(cfg: hubconfig.HubConfig, sid: str, *, name: str, groups: list[s
         *([f"alsa_config = {json.dumps(alsa_config)}"] if alsa_config else []), "",
         "[hardware]", 'backend = "simulated"', *REFERENCE_WIRING, "",
     ])
+    if pki_exists(cfg.home):
+        # its client certificate (CN = station id: the broker's ACL confines it by that
+        # name) beside the station's configuration; used when the hub's broker is TLS
+        from deploy.pki import issue
+        ca = _pki_ca(cfg.home)
+        issue(ca, out, sid, name="client")
+        (out / "broker-ca.crt").write_bytes(ca.cert.read_bytes())
+        if b.tls_ca:
+            text = text.replace(f'prefix = {json.dumps(cfg.prefix)}\n',
+                                f'prefix = {json.dumps(cfg.prefix)}\ntls_ca = "broker-ca.crt"\n'
+                                'tls_cert = "client.crt"\ntls_key = "client.key"\n', 1)
     (out / "station.toml").write_text(text, encoding="utf-8")
     return out / "station.toml"
+
+
+PKI_DIR = "pki"
+
+
+def _pki_ca(home: Path):
+    from deploy.pki import Issued
+    return Issued(home / PKI_DIR / "ca.crt", home / PKI_DIR / "ca.key")
+
+
+def pki_exists(home: Path) -> bool:
+    return (home / PKI_DIR / "ca.key").is_file()
+
+
+def pki_init(home: Path, *, hosts: tuple[str, ...], hub_cn: str | None = None) -> dict[str, Path]:
+    """The hub's certificate authority for the broker's TLS, the broker's server certificate
+    (for ``hosts``) and the hub's client certificate, under HOME/pki (keys 0600). Refuses to
+    replace an existing CA: every station's certificate hangs on it."""
+    from deploy.mosquitto_conf import HUB_CN
+    from deploy.pki import issue, make_ca
+    if pki_exists(home):
+        raise HubError(f"đã có CA tại {home / PKI_DIR}; không ghi đè / a CA already exists "
+                       f"at {home / PKI_DIR}: not replaced (every station's certificate "
+                       "depends on it)")
+    if not hosts:
+        raise HubError("cần ít nhất một --host của broker / at least one broker --host")
+    folder = home / PKI_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    ca = make_ca(folder, cn="loaxa CA")
+    broker = issue(ca, folder, "broker", server=True, hosts=hosts, name="broker")
+    hub = issue(ca, folder, hub_cn or HUB_CN, name="hub")
+    return {"ca": ca.cert, "broker_cert": broker.cert, "broker_key": broker.key,
+            "hub_cert": hub.cert, "hub_key": hub.key}
 
 
 def set_station_key(cfg: hubconfig.HubConfig, sid: str, public_key: str) -> None:

@@ -55,6 +55,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet-hours", help="HH:MM-HH:MM in which only khẩn cấp plays")
     p.set_defaults(fn=cmd_init)
 
+    p = _leaf(hs, "pki", help="the broker's TLS certificates (the hub's own CA)")
+    ks = p.add_subparsers(dest="pki_cmd", required=True)
+    a = _leaf(ks, "init", help="create the CA, the broker's and the hub's certificates")
+    a.add_argument("--host", action="append", default=[], required=True,
+                   help="a name or address stations reach the broker by (repeatable)")
+    a.set_defaults(fn=cmd_pki_init)
+
     p = _leaf(hs, "station", help="stations")
     ss = p.add_subparsers(dest="station_cmd", required=True)
     a = _leaf(ss, "add", help="register a station and write its enrolment folder")
@@ -196,6 +203,22 @@ def cmd_init(args) -> int:
     init_hub(args.home, broker_host=args.broker_host, broker_port=args.broker_port,
              prefix=args.prefix, quiet=args.quiet_hours)
     print(f"Đã tạo hub tại {args.home} / hub created (key {args.home / 'hub.key'}, mode 0600)")
+    return 0
+
+
+def cmd_pki_init(args) -> int:
+    from .admin import pki_init
+    cfg = hubconfig.load(args.home)
+    out = pki_init(cfg.home, hosts=tuple(args.host))
+    print(f"Đã tạo CA và chứng chỉ / CA and certificates created in {out['ca'].parent} "
+          "(khóa riêng mode 0600 / private keys mode 0600)")
+    print(f"Broker (mosquitto): cafile {out['ca']}\n  certfile {out['broker_cert']}\n"
+          f"  keyfile {out['broker_key']}  (docs/deploy.md: copy to /etc/loaxa/, owned by "
+          "mosquitto)")
+    print(f"Hub, trong / in hub.toml [broker]: port = 8883, tls_ca = \"{out['ca']}\", "
+          f"tls_cert = \"{out['hub_cert']}\", tls_key = \"{out['hub_key']}\"")
+    print("Trạm thêm sau đó nhận chứng chỉ trong gói đăng ký / stations added from now on get "
+          "their certificate in their enrolment folder")
     return 0
 
 

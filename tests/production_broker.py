@@ -82,3 +82,17 @@ class ProductionBroker:
         _stop(self.proc, False)
         self.proc = None
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+def assert_gets_in(broker, client_id: str, subscriptions: list[str], topic: str) -> None:
+    """A link with ``broker`` (a BrokerConfig) connects, subscribes, and has a QoS 1 publish
+    on ``topic`` acknowledged, with no failure named."""
+    from protocol.mqtt import MqttLink
+    link = MqttLink(client_id=client_id, broker=broker, subscriptions=subscriptions)
+    link.start()
+    try:
+        assert link.wait_connected(10), link.failure
+        assert link.publish_wait(topic, b"x")
+        assert link.failure is None
+    finally:
+        link.stop()

@@ -17,7 +17,7 @@ from hub.admin import hub_view
 from hub.display import render_hub
 from hub.link import HubLink
 from hub.store import HubStore
-from production_broker import ProductionBroker
+from production_broker import ProductionBroker, assert_gets_in
 from protocol import chunks
 from protocol.clock import SystemClock
 from protocol.envelope import Signer
@@ -42,16 +42,9 @@ def test_debian_stock_mosquitto_loads_our_hub_conf(production):
     and a client with our CA's certificate for the hub's CN gets in over TLS."""
     assert production.proc.poll() is None
     cert = production.hub_cert()
-    link = MqttLink(client_id="hub-probe", subscriptions=["loaxa/station/+/state"],
-                    broker=BrokerConfig(port=production.port, tls_ca=str(production.ca.cert),
-                                        tls_cert=str(cert.cert), tls_key=str(cert.key)))
-    link.start()
-    try:
-        assert link.wait_connected(10), link.failure
-        assert link.publish_wait("loaxa/hub/state", b"x")
-        assert link.failure is None
-    finally:
-        link.stop()
+    assert_gets_in(BrokerConfig(port=production.port, tls_ca=str(production.ca.cert),
+                                tls_cert=str(cert.cert), tls_key=str(cert.key)),
+                   "hub-probe", ["loaxa/station/+/state"], "loaxa/hub/state")
 
 
 def _hub_link(tmp_path, broker: BrokerConfig) -> tuple[HubLink, HubStore]:

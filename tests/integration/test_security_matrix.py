@@ -15,8 +15,6 @@ import uuid
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.properties import Properties
-from paho.mqtt.packettypes import PacketTypes
 
 from deploy.mosquitto_conf import HUB_CN
 from deploy.pki import make_ca

@@ -1,0 +1,92 @@
+"""Issue 12 (part): `loaxa hub pki init` makes the broker's TLS certificates from the hub's own
+CA, and `loaxa hub station add` puts each station's client certificate in its enrolment
+folder; a station configured from that folder gets into the production broker (Debian's
+mosquitto with our hub.conf and ACL) and is confined to its own topics."""
+from __future__ import annotations
+
+import shutil
+import stat
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from deploy.cli import main
+from deploy.mosquitto_conf import HUB_CN
+from deploy.pki import Issued
+from production_broker import ProductionBroker, assert_gets_in
+from station_agent import config as station_config
+
+
+def run(*args) -> int:
+    return main([str(a) for a in args])
+
+
+def _cert(path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def _signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    try:
+        ca.public_key().verify(cert.signature, cert.tbs_certificate_bytes,
+                               ec.ECDSA(cert.signature_hash_algorithm))
+    except Exception:
+        return False
+    return cert.issuer == ca.subject
+
+
+def _cn(cert: x509.Certificate) -> str:
+    return cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+
+
+def test_pki_init_and_station_certificates_get_a_station_into_the_production_broker(
+        tmp_path, capsys):
+    home = tmp_path / "hub"
+    assert run("hub", "--home", home, "init", "--broker-port", "1883") == 0
+    assert run("hub", "--home", home, "pki", "init", "--host", "127.0.0.1",
+               "--host", "hub.local") == 0
+    pki = home / "pki"
+    assert stat.S_IMODE(pki.stat().st_mode) == 0o700
+    for key in ("ca.key", "broker.key", "hub.key"):
+        assert stat.S_IMODE((pki / key).stat().st_mode) == 0o600, key
+    ca = _cert(pki / "ca.crt")
+    broker, hub = _cert(pki / "broker.crt"), _cert(pki / "hub.crt")
+    assert _signed_by(broker, ca) and _signed_by(hub, ca)
+    assert _cn(hub) == HUB_CN
+    sans = broker.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "hub.local" in sans.get_values_for_type(x509.DNSName)
+    out = capsys.readouterr().out
+    assert "PRIVATE KEY" not in out  # paths are printed, never keys
+
+    # a second init refuses: it would orphan every station's certificate
+    before = (pki / "ca.crt").read_bytes()
+    assert run("hub", "--home", home, "pki", "init", "--host", "127.0.0.1") != 0
+    assert "không ghi đè" in capsys.readouterr().err
+    assert (pki / "ca.crt").read_bytes() == before
+
+    # the hub's broker on TLS: stations added now are configured for it
+    # installed as docs/deploy.md says: copied to the broker's folder, the key its own
+    production = ProductionBroker(tmp_path / "prod")
+    etc = production.base / "etc" / "loaxa"
+    for name in ("ca.crt", "broker.crt", "broker.key"):
+        shutil.copy(pki / name, etc / name)
+    production.ca = Issued(etc / "ca.crt", pki / "ca.key")
+    production.server = Issued(etc / "broker.crt", etc / "broker.key")
+    toml = home / "hub.toml"
+    toml.write_text(toml.read_text().replace(
+        "port = 1883", f'port = {production.port}\ntls_ca = "pki/ca.crt"\n'
+        'tls_cert = "pki/hub.crt"\ntls_key = "pki/hub.key"'))
+    assert run("hub", "--home", home, "station", "add", "xa-1", "--name", "Đài xã Một") == 0
+    folder = home / "stations" / "xa-1"
+    client = _cert(folder / "client.crt")
+    assert _cn(client) == "xa-1" and _signed_by(client, ca)
+    assert stat.S_IMODE((folder / "client.key").stat().st_mode) == 0o600
+    cfg = station_config.load(folder / "station.toml")
+    assert cfg.broker.tls_cert and cfg.broker.tls_ca
+
+    production.start()
+    try:
+        assert_gets_in(cfg.broker, "xa-1", ["loaxa/station/xa-1/cmd", "loaxa/all/cmd"],
+                       "loaxa/station/xa-1/events")
+    finally:
+        production.stop()
