@@ -48,8 +48,11 @@ LONG = ("Thông báo của Ủy ban nhân dân xã về lịch tiêm chủng m�
 
 class Fleet:
     def __init__(self, tmp: Path, broker, station_ids: list[str], *, start: datetime,
-                 station: dict | None = None) -> None:
-        """``station``: extra settings for every station.toml, {section: {key: value}}."""
+                 station: dict | None = None, tls: bool = False) -> None:
+        """``station``: extra settings for every station.toml, {section: {key: value}}.
+        ``tls``: ``broker`` is a ProductionBroker (not started): the hub makes its CA
+        (`hub pki init`), the broker is given its certificates as docs/deploy.md says and
+        started, and the hub and every station connect with their own certificates."""
         self.tmp = tmp
         self.broker = broker
         self.clock_file = tmp / "clock"
@@ -60,6 +63,8 @@ class Fleet:
         self.home = tmp / "hub"
         self.signer = init_hub(self.home, broker_host="127.0.0.1", broker_port=broker.port,
                                clock=f"file:{self.clock_file}")
+        if tls:
+            self._tls(broker)
         self.cfg = hubconfig.load(self.home)
         self.ids = station_ids
         self.procs: dict[str, subprocess.Popen] = {}
@@ -81,6 +86,21 @@ class Fleet:
         self.hub: HubLink | None = None
         self._hub_stop = threading.Event()
         self._hub_thread: threading.Thread | None = None
+
+    def _tls(self, broker) -> None:
+        import shutil
+        from deploy.pki import Issued
+        from hub.admin import pki_init
+        pki = pki_init(self.home, hosts=("127.0.0.1", "localhost"))
+        etc = broker.base / "etc" / "loaxa"
+        for name in ("ca.crt", "broker.crt", "broker.key"):
+            shutil.copy(pki["ca"].parent / name, etc / name)
+        broker.ca = Issued(etc / "ca.crt", pki["ca"].parent / "ca.key")
+        broker.server = Issued(etc / "broker.crt", etc / "broker.key")
+        broker.start()
+        for key, value in (("tls_ca", "pki/ca.crt"), ("tls_cert", "pki/hub.crt"),
+                           ("tls_key", "pki/hub.key")):
+            patch_toml(self.home / "hub.toml", "broker", key, value)
 
     # -- parts -----------------------------------------------------------------------------
     def station_dir(self, sid: str) -> Path:

@@ -90,3 +90,38 @@ def test_pki_init_and_station_certificates_get_a_station_into_the_production_bro
                        "loaxa/station/xa-1/events")
     finally:
         production.stop()
+
+
+def test_a_programme_plays_and_is_reported_over_tls_on_the_production_broker(tmp_path):
+    """Issue 12: bundle, pushed audio, play and report, end to end, with the hub and three
+    agent processes on mosquitto's production configuration (TLS, client certificates from
+    `hub pki init`, the ACL confining each station)."""
+    from datetime import datetime, timedelta
+
+    from conftest import wait_for
+    from fleet import Fleet
+    from schedules import TZ
+
+    when = datetime(2030, 3, 2, 8, 0, tzinfo=TZ)
+    stations = ["xa-a", "xa-b", "xa-c"]
+    production = ProductionBroker(tmp_path / "prod")
+    (tmp_path / "f").mkdir()
+    fleet = Fleet(tmp_path / "f", production, stations, start=when - timedelta(hours=1),
+                  tls=True)
+    try:
+        for sid in stations:
+            assert "tls_cert" in (fleet.station_dir(sid) / "station.toml").read_text()
+        fleet.start()
+        fleet.wait_online()
+        content = fleet.content("Thông báo: ngày mai cắt điện từ 7 giờ đến 11 giờ.")
+        fleet.schedule(content, when)  # an item for all: its audio is pushed on loaxa/all
+        fleet.wait_active(2)
+        assert fleet.hub.counters.get("audio.chunks_sent", 0) == 0  # the push reached all
+        fleet.pass_time(when)
+        wait_for(lambda: len(fleet.playbacks()) == 3, 30, "three playback records at the hub")
+        assert {p["station_id"] for p in fleet.playbacks()} == set(stations)
+        assert all(p["outcome"] == "played" for p in fleet.playbacks())
+        assert not fleet.store.q("SELECT * FROM refusals")
+    finally:
+        fleet.stop()
+        production.stop()
