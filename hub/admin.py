@@ -86,17 +86,7 @@ def add_station(cfg: hubconfig.HubConfig, sid: str, *, name: str, groups: list[s
         store.close()
     out.mkdir(parents=True, exist_ok=True)
     b = cfg.broker
-    text = "\n".join([
-        "[station]", f"id = {json.dumps(sid)}", f"name = {json.dumps(name, ensure_ascii=False)}",
-        f"groups = {json.dumps(groups)}", 'data_dir = "data"', f"clock = {json.dumps(clock)}", "",
-        "[broker]", f"host = {json.dumps(b.host)}", f"port = {b.port}",
-        f'protocol = "{b.protocol}"', f"prefix = {json.dumps(cfg.prefix)}", "",
-        "[keys]", f'hub_public = "{public_to_text(hub.public)}"',
-        f"hub_sender = {json.dumps(cfg.hub_id)}", 'station_key = "station.key"', "",
-        "[audio]", f"device = {json.dumps(audio_device)}", "warmup_ms = 500",
-        *([f"alsa_config = {json.dumps(alsa_config)}"] if alsa_config else []), "",
-        "[hardware]", 'backend = "simulated"', *REFERENCE_WIRING, "",
-    ])
+    tls: list[str] = []
     if pki_exists(cfg.home):
         # its client certificate (CN = station id: the broker's ACL confines it by that
         # name) beside the station's configuration; used when the hub's broker is TLS
@@ -105,9 +95,19 @@ def add_station(cfg: hubconfig.HubConfig, sid: str, *, name: str, groups: list[s
         issue(ca, out, sid, name="client")
         (out / "broker-ca.crt").write_bytes(ca.cert.read_bytes())
         if b.tls_ca:
-            text = text.replace(f'prefix = {json.dumps(cfg.prefix)}\n',
-                                f'prefix = {json.dumps(cfg.prefix)}\ntls_ca = "broker-ca.crt"\n'
-                                'tls_cert = "client.crt"\ntls_key = "client.key"\n', 1)
+            tls = ['tls_ca = "broker-ca.crt"', 'tls_cert = "client.crt"',
+                   'tls_key = "client.key"']
+    text = "\n".join([
+        "[station]", f"id = {json.dumps(sid)}", f"name = {json.dumps(name, ensure_ascii=False)}",
+        f"groups = {json.dumps(groups)}", 'data_dir = "data"', f"clock = {json.dumps(clock)}", "",
+        "[broker]", f"host = {json.dumps(b.host)}", f"port = {b.port}",
+        f'protocol = "{b.protocol}"', f"prefix = {json.dumps(cfg.prefix)}", *tls, "",
+        "[keys]", f'hub_public = "{public_to_text(hub.public)}"',
+        f"hub_sender = {json.dumps(cfg.hub_id)}", 'station_key = "station.key"', "",
+        "[audio]", f"device = {json.dumps(audio_device)}", "warmup_ms = 500",
+        *([f"alsa_config = {json.dumps(alsa_config)}"] if alsa_config else []), "",
+        "[hardware]", 'backend = "simulated"', *REFERENCE_WIRING, "",
+    ])
     (out / "station.toml").write_text(text, encoding="utf-8")
     return out / "station.toml"
 

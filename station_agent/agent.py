@@ -238,7 +238,7 @@ class Agent:
     @property
     def busy(self) -> bool:
         """Something to do before the next idle step: messages, a play, a transfer."""
-        return not self.link.inbox.empty() or self.runner.busy or bool(self._fetching)
+        return not self.link.inbox.empty() or self.runner.busy or self.receiving
 
     @property
     def receiving(self) -> bool:
@@ -680,10 +680,9 @@ class Agent:
         self._try_activate()
 
     def _try_activate(self) -> None:
-        pending = self.store.pending_bundle()
-        if pending and not self.store.missing_audio(list(pending[1].get("content", {}))):
-            self.store.activate(pending[0], self.clock.now())
-            log.info("bundle %d active", pending[0])
+        version = self.store.activate_if_complete(self.clock.now())
+        if version is not None:
+            log.info("bundle %d active", version)
 
     def _on_chunk(self, raw: bytes) -> None:
         self.store.bump("audio.bytes_received", len(raw), lazy=True)
@@ -732,7 +731,7 @@ class Agent:
         if digest != c.sha:
             self.store.discard_part(c.sha)
             raise Refused(Reason.BAD_AUDIO, f"audio {c.sha[:12]} arrived with hash {digest[:12]}")
-        activated = self.store.keep_audio(c.sha, self.clock.now(), then_activate=True)
+        activated = self.store.keep_audio(c.sha, self.clock.now())
         if activated is not None:
             log.info("bundle %d active", activated)
         if "audio_corrupt" in self._held_alarms():

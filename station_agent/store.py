@@ -181,6 +181,30 @@ class StationStore:
             self._parsed[state] = (row[0], json.loads(row[1])) if row else None
         return self._parsed[state]
 
+    def activate_if_complete(self, at: datetime) -> int | None:
+        """The pending bundle becomes active if every audio file it names is held; the
+        version activated, if one was (asked every step: a write only when it will do)."""
+        pending = self.pending_bundle()
+        if pending is None or self.missing_audio(list(pending[1].get("content", {}))):
+            return None
+        try:
+            with self._lock, write(self.db):
+                return self._activate_if_complete(at)
+        except BaseException:
+            self._parsed.clear()
+            raise
+
+    def _activate_if_complete(self, at: datetime, just_kept: str | None = None) -> int | None:
+        """Inside a transaction; ``just_kept``: a file recorded in it (not yet in the
+        in-memory view of what is held, which changes only once it commits)."""
+        pending = self.pending_bundle()
+        if pending is None or [s for s in pending[1].get("content", {})
+                               if s != just_kept and not self.has_audio(s)]:
+            return None
+        self._activate(pending[0], at)
+        self._parsed["active"], self._parsed["pending"] = pending, None
+        return pending[0]
+
     def activate(self, version: int, at: datetime) -> None:
         """Make ``version`` the programme that plays; older bundles are dropped."""
         with self._lock, write(self.db):
@@ -256,7 +280,6 @@ class StationStore:
     def verify_audio(self, sha: str) -> str | None:
         """Check a stored file against its name before it goes on air; None if it is intact,
         else why not (the file is then dropped, so it is fetched again)."""
-        import hashlib
         h = hashlib.sha256()
         try:
             with open(self.audio_path(sha), "rb") as f:
@@ -278,10 +301,10 @@ class StationStore:
         self._hashers.pop(sha, None)
         self.part_path(sha).unlink(missing_ok=True)
 
-    def keep_audio(self, sha: str, at: datetime, *, then_activate: bool = False) -> int | None:
-        """The verified part file becomes the cached audio: fsync'd, renamed, then recorded.
-        ``then_activate``: in the same transaction, the pending bundle becomes active if this
-        was the last file it lacked; returns the version activated, if one was."""
+    def keep_audio(self, sha: str, at: datetime) -> int | None:
+        """The verified part file becomes the cached audio: fsync'd, renamed, then recorded;
+        in the same transaction the pending bundle becomes active if this was the last file
+        it lacked (the version activated is returned, if one was)."""
         self._parts.pop(sha, None)
         self._hashers.pop(sha, None)
         part, final = self.part_path(sha), self.audio_path(sha)
@@ -297,19 +320,17 @@ class StationStore:
             os.fsync(dfd)
         finally:
             os.close(dfd)
-        activated = None
-        with self._lock, write(self.db):
-            self.db.execute("INSERT OR REPLACE INTO audio VALUES (?, ?, ?)", [sha, size, iso(at)])
-            self._event("audio.stored", {"sha": sha, "size": size}, at)
-            pending = self.pending_bundle() if then_activate else None
-            if pending and not [s for s in pending[1].get("content", {})
-                                if s != sha and not self.has_audio(s)]:
-                self._activate(pending[0], at)
-                activated = pending[0]
+        try:
+            with self._lock, write(self.db):
+                self.db.execute("INSERT OR REPLACE INTO audio VALUES (?, ?, ?)",
+                                [sha, size, iso(at)])
+                self._event("audio.stored", {"sha": sha, "size": size}, at)
+                activated = self._activate_if_complete(at, just_kept=sha)
+        except BaseException:
+            self._parsed.clear()  # the activation, if any, rolled back with the rest
+            raise
         if self._present is not None:
             self._present.add(sha)
-        if activated is not None:  # what the transaction did, without reading it back
-            self._parsed["active"], self._parsed["pending"] = pending, None
         return activated
 
     # -- commands --------------------------------------------------------------------------

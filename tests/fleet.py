@@ -88,15 +88,9 @@ class Fleet:
         self._hub_thread: threading.Thread | None = None
 
     def _tls(self, broker) -> None:
-        import shutil
-        from deploy.pki import Issued
         from hub.admin import pki_init
         pki = pki_init(self.home, hosts=("127.0.0.1", "localhost"))
-        etc = broker.base / "etc" / "loaxa"
-        for name in ("ca.crt", "broker.crt", "broker.key"):
-            shutil.copy(pki["ca"].parent / name, etc / name)
-        broker.ca = Issued(etc / "ca.crt", pki["ca"].parent / "ca.key")
-        broker.server = Issued(etc / "broker.crt", etc / "broker.key")
+        broker.use_hub_pki(pki["ca"].parent)
         broker.start()
         for key, value in (("tls_ca", "pki/ca.crt"), ("tls_cert", "pki/hub.crt"),
                            ("tls_key", "pki/hub.key")):

@@ -44,6 +44,16 @@ class ProductionBroker:
         default)."""
         return issue(ca or self.ca, self.root / "clients", cn)
 
+    def use_hub_pki(self, folder: Path) -> None:
+        """Serve with the certificates `loaxa hub pki init` made in ``folder`` (instead of
+        this broker's own CA), installed as docs/deploy.md says: copied to the broker's
+        folder, the key its own. Before ``start``."""
+        etc = self.base / "etc" / "loaxa"
+        for name in ("ca.crt", "broker.crt", "broker.key"):
+            shutil.copy(folder / name, etc / name)
+        self.ca = Issued(etc / "ca.crt", folder / "ca.key")
+        self.server = Issued(etc / "broker.crt", etc / "broker.key")
+
     def hub_cert(self) -> Issued:
         return self.client(HUB_CN)
 

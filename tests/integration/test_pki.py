@@ -4,7 +4,6 @@ folder; a station configured from that folder gets into the production broker (D
 mosquitto with our hub.conf and ACL) and is confined to its own topics."""
 from __future__ import annotations
 
-import shutil
 import stat
 
 from cryptography import x509
@@ -13,7 +12,6 @@ from cryptography.x509.oid import NameOID
 
 from deploy.cli import main
 from deploy.mosquitto_conf import HUB_CN
-from deploy.pki import Issued
 from production_broker import ProductionBroker, assert_gets_in
 from station_agent import config as station_config
 
@@ -65,13 +63,8 @@ def test_pki_init_and_station_certificates_get_a_station_into_the_production_bro
     assert (pki / "ca.crt").read_bytes() == before
 
     # the hub's broker on TLS: stations added now are configured for it
-    # installed as docs/deploy.md says: copied to the broker's folder, the key its own
     production = ProductionBroker(tmp_path / "prod")
-    etc = production.base / "etc" / "loaxa"
-    for name in ("ca.crt", "broker.crt", "broker.key"):
-        shutil.copy(pki / name, etc / name)
-    production.ca = Issued(etc / "ca.crt", pki / "ca.key")
-    production.server = Issued(etc / "broker.crt", etc / "broker.key")
+    production.use_hub_pki(pki)
     toml = home / "hub.toml"
     toml.write_text(toml.read_text().replace(
         "port = 1883", f'port = {production.port}\ntls_ca = "pki/ca.crt"\n'
