@@ -209,7 +209,9 @@ def add_content_file(store: HubStore, path: Path, *, title: str, now, text: str 
         raise HubError(str(exc)) from None
     store.add_content(sha=p.sha256, data=p.data, title=title, source=path.name, text=text,
                       engine=engine, codec=p.codec, duration_ms=p.duration_ms, now=now)
-    return store.content(p.sha256)
+    # the preparation's measurements go back to whoever added it (not stored)
+    return {**store.content(p.sha256), "loudness_lufs": p.loudness_lufs,
+            "true_peak_db": p.true_peak_db, "warnings": list(p.warnings)}
 
 
 def add_content_text(store: HubStore, text: str, *, title: str, now, engine: str = "auto",
@@ -252,9 +254,11 @@ def check_target(store: HubStore, to: str) -> str:
 def announce(store: HubStore, *, content: dict, when, priority: Priority, target: str,
              every: str | None, valid_from=None, valid_until=None, late_start_s: int = 300,
              title: str = "", now, stream: str | None = None,
-             duration_ms: int | None = None) -> str:
+             duration_ms: int | None = None, by: str = "cli", approved: bool = True) -> str:
     """Schedule ``content``; with ``stream``, relay that URL for ``duration_ms`` and play
-    ``content`` if the stream fails."""
+    ``content`` if the stream fails. ``approved``: it goes on air now (the command line, or
+    the console with approval off or by an approver); otherwise a draft waiting for a
+    *phê duyệt* (``hub.console.decide``). ``by`` is recorded as its author and approver."""
     rrule = EVERY.get(every, every) if every else None
     item_id = uuid.uuid4().hex[:12]
     if stream and not duration_ms:
@@ -273,7 +277,10 @@ def announce(store: HubStore, *, content: dict, when, priority: Priority, target
                     "valid_until": iso(valid_until) if valid_until else None,
                     "late_start_s": late_start_s, "target": target, "created_at": iso(now),
                     "cancelled_at": None, "stream": stream,
-                    "duration_ms": duration_ms if stream else None})
+                    "duration_ms": duration_ms if stream else None,
+                    "state": "approved" if approved else "draft", "drafted_by": by,
+                    "approved_by": by if approved else None,
+                    "approved_at": iso(now) if approved else None})
     return item_id
 
 

@@ -18,6 +18,7 @@ from protocol.topics import Topics
 from schedules import Item, Priority
 from schedules.model import ScheduleError
 
+from . import accounts
 from . import config as hubconfig
 from .admin import (COMMAND_STATES_VI, EVERY, NOT_SERVING, add_content_file,
                     add_content_text, add_station, announce, cancel_item, check_target,
@@ -108,6 +109,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(fn=cmd_status)
 
     p = _leaf(hs, "serve", help="run the hub")
+    p.add_argument("--web", metavar="ADDR", help="also serve the web console on HOST:PORT")
     p.set_defaults(fn=cmd_serve)
 
     p = _leaf(hs, "acl", help="print the broker's ACL for this hub's topic prefix")
@@ -188,6 +190,30 @@ def register(sub: argparse._SubParsersAction) -> None:
                                   "report": "send state and health now"}[name])
         command_args(p)
         p.set_defaults(fn=cmd_simple, action=name.replace("-", "_"))
+    p = _leaf(hs, "web", help="the culture center's web console (Vietnamese)")
+    p.add_argument("--addr", default="127.0.0.1:8080", help="HOST:PORT to listen on")
+    p.add_argument("--secure-cookies", action="store_true",
+                   help="mark cookies Secure (behind a TLS reverse proxy: docs/web.md)")
+    p.set_defaults(fn=cmd_web)
+
+    p = _leaf(hs, "user", help="console accounts")
+    us = p.add_subparsers(dest="user_cmd", required=True)
+    a = _leaf(us, "add", help="a new account; prints a one-time password")
+    a.add_argument("id")
+    a.add_argument("--role", required=True, choices=sorted(accounts.ROLES))
+    a.add_argument("--name", default="")
+    a.add_argument("--commune", action="append", default=[],
+                   help="for --role commune: a commune (group) it acts on (repeatable)")
+    a.set_defaults(fn=cmd_user_add)
+    a = _leaf(us, "list", help="accounts, roles and locks")
+    a.set_defaults(fn=cmd_user_list)
+    a = _leaf(us, "reset", help="a new one-time password (also unlocks)")
+    a.add_argument("id")
+    a.set_defaults(fn=cmd_user_reset)
+    a = _leaf(us, "unlock", help="unlock an account locked by wrong passwords")
+    a.add_argument("id")
+    a.set_defaults(fn=cmd_user_unlock)
+
     p = _leaf(hs, "command", help="commands given and how far each got")
     cs = p.add_subparsers(dest="command_cmd", required=True)
     a = _leaf(cs, "list", help="recent commands with their delivery counts")
@@ -197,6 +223,69 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("id")
     a.add_argument("--json", action="store_true")
     a.set_defaults(fn=cmd_command_show)
+
+
+def _web_thread(home: Path, addr: str):
+    """The console beside `hub serve`, on its own thread (uvicorn leaves signals to us)."""
+    import uvicorn
+    from .web.app import create_app
+    host, _, port = addr.rpartition(":")
+    server = uvicorn.Server(uvicorn.Config(create_app(home), host=host or "127.0.0.1",
+                                           port=int(port), log_level="warning"))
+    threading.Thread(target=server.run, name="web", daemon=True).start()
+    print(f"Bảng điều khiển / console: http://{addr}/", flush=True)
+    return server
+
+
+def cmd_web(args) -> int:
+    from .web.app import serve as serve_web
+    hubconfig.load(args.home)  # a clear error if the hub is not initialised
+    print(f"Bảng điều khiển / console: http://{args.addr}/", flush=True)
+    serve_web(args.home, args.addr, secure_cookies=args.secure_cookies)
+    return 0
+
+
+def cmd_user_add(args) -> int:
+    with _open(args) as (cfg, store, now):
+        try:
+            password = accounts.add_user(store, args.id, name=args.name, role=args.role,
+                                         communes=tuple(args.commune), now=now, by="cli")
+        except accounts.AccountError as exc:
+            raise HubError(str(exc)) from None
+    print(f"Đã tạo tài khoản {args.id} ({accounts.ROLES[args.role][0]}).")
+    print(f"Mật khẩu dùng một lần / one-time password: {password}")
+    print("Đổi mật khẩu khi đăng nhập lần đầu / to be changed at first login.")
+    return 0
+
+
+def cmd_user_list(args) -> int:
+    with _open(args) as (cfg, store, now):
+        for u in accounts.users(store):
+            state = "bị khóa / locked" if u["locked_at"] else \
+                "chưa đổi mật khẩu / first login pending" if u["must_change"] else "hoạt động / active"
+            print(f"{u['id']:<20} {accounts.ROLES[u['role']][0]:<10} {u['communes'] or '':<20} "
+                  f"{state}")
+    return 0
+
+
+def cmd_user_reset(args) -> int:
+    with _open(args) as (cfg, store, now):
+        try:
+            password = accounts.reset_password(store, args.id, now=now, by="cli")
+        except accounts.AccountError as exc:
+            raise HubError(str(exc)) from None
+    print(f"Mật khẩu dùng một lần mới / new one-time password: {password}")
+    return 0
+
+
+def cmd_user_unlock(args) -> int:
+    with _open(args) as (cfg, store, now):
+        try:
+            accounts.set_locked(store, args.id, False, now=now, by="cli")
+        except accounts.AccountError as exc:
+            raise HubError(str(exc)) from None
+    print(f"Đã mở khóa {args.id} / unlocked")
+    return 0
 
 
 def cmd_init(args) -> int:
@@ -414,7 +503,12 @@ def cmd_serve(args) -> int:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: stop.set())
             logging.getLogger("loaxa").info("hub serving %s on %r", args.home, cfg.broker)
-            svc.run(stop)
+            web = _web_thread(args.home, args.web) if getattr(args, "web", None) else None
+            try:
+                svc.run(stop)
+            finally:
+                if web is not None:
+                    web.should_exit = True
     return 0
 
 

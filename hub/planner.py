@@ -37,6 +37,7 @@ def item_from_row(r: dict[str, Any], duration_ms: int) -> Item:
         valid_from=parse_iso(r["valid_from"]) if r["valid_from"] else None,
         valid_until=parse_iso(r["valid_until"]) if r["valid_until"] else None,
         late_start_s=r["late_start_s"], title=r["title"] or "",
+        approval=f"{r['approved_by']}@{r['approved_at']}" if r.get("approved_by") else "",
     )
 
 

@@ -96,6 +96,38 @@ def m006_commands(db) -> None:
     db["commands"].create_index(["published_at"])
 
 
+@migrations
+def m007_console(db) -> None:
+    """The web console: accounts, the audit log (append-only: triggers refuse UPDATE and
+    DELETE), login attempts (throttling), approval of schedule items, review of alerts, and
+    the province → commune tree on groups."""
+    db["users"].create({"id": str, "name": str, "role": str, "communes": str, "hash": str,
+                        "must_change": int, "failures": int, "locked_at": str,
+                        "disabled": int, "created_at": str, "password_at": str}, pk="id")
+    db["audit"].create({"id": int, "at": str, "user": str, "action": str, "target": str,
+                        "detail": str, "ip": str}, pk="id")
+    db["audit"].create_index(["at"])
+    db.execute("CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit "
+               "BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END")
+    db.execute("CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit "
+               "BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END")
+    db["login_attempts"].create({"id": int, "at": str, "ip": str, "user": str, "ok": int},
+                                pk="id")
+    db["login_attempts"].create_index(["ip", "at"])
+    for col, typ in (("state", str), ("drafted_by", str), ("approved_by", str),
+                     ("approved_at", str), ("decided_by", str), ("decision_note", str)):
+        db["schedule_items"].add_column(col, typ)
+    db.execute("UPDATE schedule_items SET state = 'approved' WHERE state IS NULL")
+    for col, typ in (("review", str), ("reviewed_by", str), ("reviewed_at", str)):
+        db["commands"].add_column(col, typ)
+    db["groups"].add_column("kind", str)      # province / commune / group
+    db["groups"].add_column("parent", str)    # a commune's province
+    db["content"].add_column("tags", str)
+    db["content"].add_column("added_by", str)
+    db["playbacks"].create_index(["started_at"])
+    db["playbacks"].create_index(["scheduled_at"])
+
+
 # a station's command moves forward only: a late "accepted" never hides a "done"
 COMMAND_STATES = {"targeted": 0, "accepted": 1, "started": 2, "done": 3, "failed": 3,
                   "refused": 3}
@@ -125,7 +157,8 @@ class HubStore:
         content, heightened periods, emergency messages); one cheap query."""
         return tuple(self.db.execute(
             "SELECT (SELECT count(*) || ':' || coalesce(max(created_at), '') || ':' || "
-            "count(cancelled_at) || ':' || coalesce(max(cancelled_at), '') "
+            "count(cancelled_at) || ':' || coalesce(max(cancelled_at), '') || ':' || "
+            "count(approved_at) || ':' || coalesce(max(approved_at), '') "
             "FROM schedule_items), "
             "(SELECT count(*) FROM stations), (SELECT count(*) FROM station_groups), "
             "(SELECT count(*) FROM content), "
@@ -223,7 +256,9 @@ class HubStore:
             self.db["schedule_items"].insert(row)
 
     def items(self) -> list[dict[str, Any]]:
-        return self.q("SELECT * FROM schedule_items WHERE cancelled_at IS NULL ORDER BY start")
+        """What goes into bundles: approved and not cancelled (drafts wait for approval)."""
+        return self.q("SELECT * FROM schedule_items WHERE cancelled_at IS NULL "
+                      "AND state = 'approved' ORDER BY start")
 
     # -- bundles ---------------------------------------------------------------------------
     def latest_bundle(self, sid: str) -> dict[str, Any] | None:

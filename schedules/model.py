@@ -97,6 +97,7 @@ class Item:
     late_start_s: int = 300
     title: str = ""
     stream: str | None = None  # live relay (tiếp âm): play this URL; ``content`` is the fallback
+    approval: str = ""  # who approved it and when ("user@2026-09-01T02:00:00Z"), for the record
     _rule: Any = field(default=None, init=False, repr=False, compare=False, hash=False)
     # what schedules.evaluate derives from the rule once (an anchor near the last query)
     _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
@@ -142,6 +143,7 @@ class Item:
             "valid_from": iso(self.valid_from) if self.valid_from else None,
             "valid_until": iso(self.valid_until) if self.valid_until else None,
             "late_start_s": self.late_start_s, "title": self.title, "stream": self.stream,
+            **({"approval": self.approval} if self.approval else {}),
         }
 
     @classmethod
@@ -155,7 +157,7 @@ class Item:
                 valid_from=parse_iso(d["valid_from"]) if d.get("valid_from") else None,
                 valid_until=parse_iso(d["valid_until"]) if d.get("valid_until") else None,
                 late_start_s=int(d.get("late_start_s", 300)), title=str(d.get("title", "")),
-                stream=d.get("stream") or None,
+                stream=d.get("stream") or None, approval=str(d.get("approval") or ""),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ScheduleError(f"bad schedule item: {exc}") from None
