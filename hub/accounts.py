@@ -201,29 +201,36 @@ def login(store: HubStore, uid: str, password: str, *, ip: str, now: datetime) -
     rows = store.q("SELECT * FROM users WHERE id = ?", [uid])
     row = rows[0] if rows else None
     ok = bool(row) and _verify(row["hash"], password or "")
+    refusal = None
+    # the attempt, the failure count and the audit line are committed before the refusal
+    # is raised: a refusal inside the transaction would roll them back
     with store.lock, write(store.db):
         store.db["login_attempts"].insert({"at": iso(now), "ip": ip, "user": uid[:64],
                                            "ok": int(ok)})
         if row is None:
-            raise LoginRefused("sai tên đăng nhập hoặc mật khẩu / wrong user name or password")
-        if row["disabled"]:
-            raise LoginRefused("tài khoản đã bị vô hiệu / this account is disabled")
-        if row["locked_at"]:
+            refusal = "sai tên đăng nhập hoặc mật khẩu / wrong user name or password"
+        elif row["disabled"]:
+            refusal = "tài khoản đã bị vô hiệu / this account is disabled"
+        elif row["locked_at"]:
             audit(store, uid, "login.refused_locked", uid, "", ip, now)
-            raise LoginRefused("tài khoản đang bị khóa; liên hệ quản trị / this account is "
-                               "locked; ask an administrator")
-        if not ok:
+            refusal = ("tài khoản đang bị khóa; liên hệ quản trị / this account is locked; "
+                       "ask an administrator")
+        elif not ok:
             failures = (row["failures"] or 0) + 1
             locked = failures >= MAX_FAILURES
             store.db.execute("UPDATE users SET failures = ?, locked_at = ? WHERE id = ?",
                              [failures, iso(now) if locked else None, uid])
             if locked:
                 audit(store, uid, "user.locked", uid, f"{failures} lần sai liên tiếp", ip, now)
-                raise LoginRefused("sai mật khẩu quá nhiều lần: tài khoản đã bị khóa / too many "
-                                   "wrong passwords: the account is now locked")
-            raise LoginRefused("sai tên đăng nhập hoặc mật khẩu / wrong user name or password")
-        store.db.execute("UPDATE users SET failures = 0 WHERE id = ?", [uid])
-        audit(store, uid, "login", uid, "", ip, now)
+                refusal = ("sai mật khẩu quá nhiều lần: tài khoản đã bị khóa / too many wrong "
+                           "passwords: the account is now locked")
+            else:
+                refusal = "sai tên đăng nhập hoặc mật khẩu / wrong user name or password"
+        else:
+            store.db.execute("UPDATE users SET failures = 0 WHERE id = ?", [uid])
+            audit(store, uid, "login", uid, "", ip, now)
+    if refusal:
+        raise LoginRefused(refusal)
     return _user(row)
 
 

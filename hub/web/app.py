@@ -24,6 +24,7 @@ from fastapi.responses import (FileResponse, HTMLResponse, PlainTextResponse, Re
                                Response)
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
 from protocol.clock import Clock, make_clock, parse_iso
@@ -159,8 +160,8 @@ def create_app(home: Path, *, clock: Clock | None = None, secure_cookies: bool =
             return Response(status_code=204, headers={"HX-Redirect": exc.url})
         return RedirectResponse(exc.url, status_code=303)
 
-    @app.exception_handler(HTTPException)
-    async def _http_error(request: Request, exc: HTTPException) -> Response:
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         text = {403: "Bạn không có quyền làm việc này / not allowed",
                 404: "Không tìm thấy / not found"}.get(exc.status_code, str(exc.detail))
         return HTMLResponse(f"<!doctype html><html lang=\"vi\"><meta charset=\"utf-8\">"
@@ -753,8 +754,27 @@ def create_app(home: Path, *, clock: Clock | None = None, secure_cookies: bool =
     wrapped = asgi_csrf(inner, signing_secret=_secret(home) + ":csrf",
                         always_protect={"/login", "/logout"}, cookie_secure=secure_cookies,
                         cookie_samesite="Strict")
-    wrapped.state = app.state  # tests and `hub web` reach the store through it
-    return wrapped
+
+    async def guarded(scope, receive, send) -> None:
+        """asgi-csrf compares tokens with ``secrets.compare_digest``, which raises TypeError
+        on a non-ASCII token: a forged form would be a 500. It is a refusal like any other."""
+        started = False
+
+        async def watch(event) -> None:
+            nonlocal started
+            started = started or event["type"] == "http.response.start"
+            await send(event)
+        try:
+            await wrapped(scope, receive, watch)
+        except TypeError as exc:
+            if started or "non-ASCII" not in str(exc):
+                raise
+            await send({"type": "http.response.start", "status": 403,
+                        "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
+            await send({"type": "http.response.body",
+                        "body": "Mã CSRF không hợp lệ / CSRF token invalid".encode()})
+    guarded.state = app.state  # type: ignore[attr-defined]  # tests reach the store
+    return guarded
 
 
 def serve(home: Path, addr: str, *, secure_cookies: bool = False) -> None:
