@@ -38,6 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text", default=ANNOUNCEMENT)
     p.add_argument("--broker", choices=["auto", "mosquitto", "embedded"], default="auto",
                    help="auto: mosquitto if installed, else the embedded amqtt broker")
+    p.add_argument("--web", metavar="ADDR",
+                   help="the web console's HOST:PORT (default 127.0.0.1:8080, none with "
+                   "--once; `--web none`: no console); without --once the demo keeps "
+                   "running for it until Ctrl-C")
     p.set_defaults(fn=cmd_demo)
 
 
@@ -89,6 +93,15 @@ def cmd_demo(args) -> int:
             add_local_station(cfg, sid, name=name, groups=["demo"], out=sdir,
                               audio_device="loaxa_sink", alsa_config="sink.conf")
         store = HubStore(cfg.db_path)
+        if args.web is None:
+            args.web = "none" if args.once else "127.0.0.1:8080"
+        web = None if args.web == "none" else args.web
+        password = None
+        if web:
+            from hub import accounts, console
+            console.set_group_kind(store, "demo", "commune", name="Các xã demo")
+            password = accounts.add_user(store, "admin", name="Quản trị demo", role="admin",
+                                         now=clock.now(), by="demo")
         content = add_content_text(store, args.text, title="Bản tin thử nghiệm",
                                    now=clock.now(), timeout=3.0)
         when = clock.now() + timedelta(seconds=args.lead)
@@ -99,7 +112,13 @@ def cmd_demo(args) -> int:
               f"(MQTT {broker.protocol}); giọng đọc / voice "
               f"{content['engine']}, {content['duration_ms'] / 1000:.1f} s, {content['size']} B")
         print(f"  phát lúc / plays at {show(when)} (Asia/Ho_Chi_Minh)")
-        procs.append(_spawn(["hub", "--home", str(home), "serve"], logs / "hub.log"))
+        procs.append(_spawn(["hub", "--home", str(home), "serve",
+                             *(["--web", web] if web else [])], logs / "hub.log"))
+        if web:
+            print(f"  bảng điều khiển / web console: http://{web}/  tài khoản / user: admin  "
+                  f"mật khẩu dùng một lần / one-time password: {password}")
+            print(f"  (thêm người dùng / more users: loaxa hub --home {home} user add NAME "
+                  f"--role editor|approver|duty|commune|viewer)")
         for sid, _ in STATIONS:
             procs.append(_spawn(["agent", "run", "--config",
                                  str(work / "stations" / sid / "station.toml")],
@@ -152,6 +171,16 @@ def _watch(args, store, work: Path, procs, t0: float) -> int:
             print(f"loaxa demo: {'xong' if ok else 'LỖI'} / {'done' if ok else 'FAILED'} after "
                   f"{time.monotonic() - t0:.1f}s; âm thanh đã phát / played audio: "
                   f"{work}/stations/*/sink.wav")
+            if ok and args.web != "none" and not args.once:
+                print("loaxa demo: bảng điều khiển vẫn chạy; Ctrl-C để dừng / the console "
+                      "keeps running; Ctrl-C to stop", flush=True)
+                try:
+                    while all(p.poll() is None for p in procs):
+                        time.sleep(1)  # waiting for Ctrl-C, not for a schedule
+                except KeyboardInterrupt:
+                    return 0
+                print(f"loaxa demo: a process exited (see {work}/logs)", file=sys.stderr)
+                return 1
             return 0 if ok else 1
         dead = [p for p in procs if p.poll() is not None]
         if dead:

@@ -10,6 +10,12 @@ cd "$(dirname "$0")/.."
 purpose=${1:-test}
 want_debs=(mosquitto ffmpeg espeak-ng alsa-utils)
 need_cmds=(mosquitto ffmpeg ffprobe espeak-ng)
+if [ "$purpose" = test ]; then
+  # the console's browser walk-through drives Debian's chromium (Playwright's own browser
+  # download cannot be reached)
+  want_debs+=(chromium)
+  need_cmds+=(chromium)
+fi
 missing=()
 for c in "${need_cmds[@]}"; do
   if ! command -v "$c" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$c" ]; then missing+=("$c"); fi
