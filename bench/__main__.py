@@ -103,8 +103,10 @@ def main() -> int:
     from bench.hub_messages import run as bench_hub_heartbeat
     from bench.occurrences import run as bench_occurrences
     from bench.p1_alert import run as bench_p1_alert
+    from bench.web_console import run as bench_web_console
     benches = {"occurrences": bench_occurrences, "hub_heartbeat": bench_hub_heartbeat,
-               "audio_prepare": bench_audio_prepare, "p1_alert": bench_p1_alert}
+               "audio_prepare": bench_audio_prepare, "p1_alert": bench_p1_alert,
+               "web_console": bench_web_console}
     chosen = sys.argv[1:] or list(benches)  # `python -m bench p1_alert`: one of them
     unknown = [c for c in chosen if c not in benches]
     if unknown:
