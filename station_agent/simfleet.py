@@ -134,7 +134,8 @@ def enrol(hub_home: Path, n: int, root: Path, *, group_size: int = 100) -> list[
             for sid, group, public in rows:
                 store.db.execute("INSERT INTO stations VALUES (?, ?, ?, ?)",
                                  [sid, f"Trạm mô phỏng {sid}", public, now])
-                store.db.execute("INSERT OR IGNORE INTO groups VALUES (?, ?)", [group, group])
+                store.db.execute("INSERT OR IGNORE INTO groups(id, name) VALUES (?, ?)",
+                                 [group, group])
                 store.db.execute("INSERT INTO station_groups VALUES (?, ?)", [sid, group])
     finally:
         store.close()
