@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from bisect import bisect_left
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any, Iterable
@@ -524,7 +525,6 @@ def review_alert(store: HubStore, cid: str, *, user: User, ip: str, now: datetim
 
 # -- reports -------------------------------------------------------------------------------
 
-PLAYED = ("played", "fallback")
 
 
 def compliance(store: HubStore, user: User, day_from: date, day_to: date, now: datetime,
@@ -548,37 +548,40 @@ def compliance(store: HubStore, user: User, day_from: date, day_to: date, now: d
     per_item = []
     for r in _item_rows(store):
         item = item_from_row(r, r["content_ms"])
-        starts = [o.start for o in occurrences([item], lo, hi, quiet=quiet)
-                  if o.start < hi]
+        starts = sorted(o.start for o in occurrences([item], lo, hi, quiet=quiet)
+                        if o.start < hi)
         if starts:
             per_item.append((r["target"], starts))
-    outcome_rows = store.db.execute(
-        "SELECT station_id, outcome, detail, substr(coalesce(started_at, scheduled_at), 1, 10) "
-        "FROM playbacks WHERE coalesce(scheduled_at, started_at) >= ? AND "
-        "coalesce(scheduled_at, started_at) < ? AND occurrence IS NOT NULL "
-        "AND occurrence NOT LIKE 'cmd:%'", [iso(lo), iso(hi)]).fetchall()
+    # played and missed from the per-day roll-up (local days), aggregated in SQL
+    d_from, d_to = day_from.isoformat(), min(day_to, today(now)).isoformat()
     stats: dict[str, dict[str, Any]] = {}
-    daily: dict[str, dict[str, int]] = {}
-    for sid, outcome, detail, day in outcome_rows:
-        if seen is not None and sid not in seen:
-            continue
-        s = stats.setdefault(sid, {"played": 0, "missed": 0, "reasons": {}})
-        d = daily.setdefault(day, {"played": 0, "missed": 0})
-        if outcome in PLAYED:
-            s["played"] += 1
-            d["played"] += 1
-        else:
-            s["missed"] += 1
-            d["missed"] += 1
-            reason = outcome if not detail else f"{outcome}: {detail[:60]}"
-            s["reasons"][reason] = s["reasons"].get(reason, 0) + 1
+    for sid, played, missed in store.db.execute(
+            "SELECT station_id, sum(played), sum(missed) FROM play_days WHERE day >= ? AND "
+            "day <= ? GROUP BY station_id", [d_from, d_to]):
+        stats[sid] = {"played": played, "missed": missed, "reasons": {}}
+    for sid, reason, n in store.db.execute(
+            "SELECT station_id, reason, sum(n) FROM play_reasons WHERE day >= ? AND day <= ? "
+            "GROUP BY station_id, reason", [d_from, d_to]):
+        if sid in stats:
+            stats[sid]["reasons"][reason] = n
+    if seen is not None:
+        stats = {k: v for k, v in stats.items() if k in seen}
+        marks = ",".join("?" * len(seen)) or "''"
+        daily_rows = store.db.execute(
+            f"SELECT day, sum(played), sum(missed) FROM play_days WHERE day >= ? AND day <= ? "
+            f"AND station_id IN ({marks}) GROUP BY day ORDER BY day", [d_from, d_to, *sorted(seen)])
+    else:
+        daily_rows = store.db.execute(
+            "SELECT day, sum(played), sum(missed) FROM play_days WHERE day >= ? AND day <= ? "
+            "GROUP BY day ORDER BY day", [d_from, d_to])
+    daily = {day: {"played": p, "missed": m} for day, p, m in daily_rows}
     offline = _offline_seconds(store, lo, hi)
     span = max(1.0, (hi - lo).total_seconds())
     out_rows = []
     for st in stations:
         sid = st["id"]
         enrolled = parse_iso(st["created_at"])
-        scheduled = sum(sum(1 for t in starts if t >= enrolled)
+        scheduled = sum(len(starts) - bisect_left(starts, enrolled)
                         for target, starts in per_item
                         if targets(target, sid, groups.get(sid, [])))
         s = stats.get(sid, {"played": 0, "missed": 0, "reasons": {}})
@@ -681,11 +684,6 @@ def overview(store: HubStore, user: User, now: datetime,
     """Tổng quan: the fleet at a glance, open alarms, today's programme, and the readiness of
     the next heightened period (the next big day) if one is set."""
     b = board(store, user, now)
-    seen = visible_stations(store, user)
-    on_air_sql = ("SELECT count(DISTINCT station_id) FROM playbacks WHERE outcome = 'started' "
-                  "AND ended_at IS NULL AND started_at >= ?")
-    on_air = store.db.execute(on_air_sql, [iso(now - timedelta(hours=2))]).fetchone()[0] \
-        if seen is None else None
     cal = calendar(store, user, today(now), 1, quiet)[0]["entries"]
     nxt = store.q("SELECT * FROM heightened WHERE end > ? ORDER BY start LIMIT 1", [iso(now)])
     ready = None
@@ -695,7 +693,7 @@ def overview(store: HubStore, user: User, now: datetime,
         d1 = parse_iso(h["end"]).astimezone(TZ).date()
         r = readiness(store, user, d0, d1, now, quiet)
         ready = {"period": h, "from": d0, "to": d1, "ready": r["ready"], "total": r["total"]}
-    return {"counts": b["counts"], "fresh": b["fresh"], "on_air": on_air,
+    return {"counts": b["counts"], "fresh": b["fresh"],
             "alarms": alarms(store, user)[:20], "today": cal, "next": ready}
 
 

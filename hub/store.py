@@ -128,6 +128,59 @@ def m007_console(db) -> None:
     db["playbacks"].create_index(["scheduled_at"])
 
 
+def play_day(scheduled: str | None, started: str | None) -> str | None:
+    """The local (Asia/Ho_Chi_Minh) day a scheduled play belongs to, dd as YYYY-MM-DD."""
+    from schedules import TZ
+    at = scheduled or started
+    if not at:
+        return None
+    try:
+        t = datetime.fromisoformat(at.replace("Z", "+00:00"))
+    except (ValueError, AttributeError):
+        return None
+    return t.astimezone(TZ).strftime("%Y-%m-%d") if t.tzinfo else None
+
+
+def scheduled_play(item_id: str | None) -> bool:
+    """A play of the programme (not a command's play-now, not a self-test)."""
+    return bool(item_id) and item_id != "selftest" and not item_id.startswith("cmd-")
+
+
+PLAYED_OUTCOMES = ("played", "fallback")
+
+
+@migrations
+def m008_play_days(db) -> None:
+    """Per station and local day: plays of the programme played and missed, and the reasons
+    for the missed ones; written with each playback record (the compliance report reads
+    thousands of these, not hundreds of thousands of records)."""
+    db["play_days"].create({"station_id": str, "day": str, "played": int, "missed": int},
+                           pk=("station_id", "day"))
+    db["play_reasons"].create({"station_id": str, "day": str, "reason": str, "n": int},
+                              pk=("station_id", "day", "reason"))
+    # covering: the report's range scans (per day, per station) never touch the table
+    db.execute("CREATE INDEX play_days_by_day ON play_days(day, station_id, played, missed)")
+    for sid, item, scheduled, started, outcome, detail in db.execute(
+            "SELECT station_id, item_id, scheduled_at, started_at, outcome, detail "
+            "FROM playbacks").fetchall():
+        _count_play(db, sid, item, scheduled, started, outcome, detail)
+
+
+def _count_play(db, sid: str, item: str | None, scheduled: str | None, started: str | None,
+                outcome: str | None, detail: str | None) -> None:
+    day = play_day(scheduled, started)
+    if day is None or not scheduled_play(item) or outcome == "started":
+        return
+    ok = outcome in PLAYED_OUTCOMES
+    db.execute("INSERT INTO play_days VALUES (?, ?, ?, ?) ON CONFLICT(station_id, day) DO "
+               "UPDATE SET played = played + excluded.played, missed = missed + excluded.missed",
+               [sid, day, int(ok), int(not ok)])
+    if not ok:
+        reason = (outcome or "?") + (f": {detail[:60]}" if detail else "")
+        db.execute("INSERT INTO play_reasons VALUES (?, ?, ?, 1) ON CONFLICT(station_id, day, "
+                   "reason) DO UPDATE SET n = n + 1", [sid, day, reason])
+
+
 # a station's command moves forward only: a late "accepted" never hides a "done"
 COMMAND_STATES = {"targeted": 0, "accepted": 1, "started": 2, "done": 3, "failed": 3,
                   "refused": 3}
@@ -310,6 +363,8 @@ class HubStore:
                         [sid, e["seq"], d.get("occurrence"), d.get("item"), d.get("content"),
                          d.get("scheduled"), d.get("started"), d.get("ended"), d.get("outcome"),
                          d.get("detail", ""), iso(now), historical])
+                    _count_play(self.db, sid, d.get("item"), d.get("scheduled"), d.get("started"),
+                                d.get("outcome"), d.get("detail", ""))
                 elif e["kind"] == "alarm" and isinstance(d.get("code"), str):
                     self._alarm_history(sid, d, e["at"], historical)
                 elif e["kind"] == "command" and isinstance(d.get("id"), str):

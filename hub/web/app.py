@@ -637,7 +637,8 @@ def create_app(home: Path, *, clock: Clock | None = None, secure_cookies: bool =
         return (a, b) if a <= b else (b, a)
 
     @app.get("/reports", response_class=HTMLResponse)
-    async def reports(request: Request, d1: str = "", d2: str = "", print: int = 0) -> HTMLResponse:
+    async def reports(request: Request, d1: str = "", d2: str = "", print: int = 0,
+                      page: int = 1) -> HTMLResponse:
         u = need(request, "view")
         try:
             a, b = _period(d1, d2)
@@ -647,8 +648,15 @@ def create_app(home: Path, *, clock: Clock | None = None, secure_cookies: bool =
             error = str(exc)
         r = console.compliance(store, u, a, b, now(), cfg.quiet)
         peak = max([v["played"] + v["missed"] for _, v in r["daily"]] or [1])
+        # on screen, the stations that played least come first, a page at a time; the print
+        # view and the exports hold them all
+        rows = sorted(r["stations"], key=lambda s: (s["rate"] is None, s["rate"] or 0, s["id"]))
+        pages = max(1, (len(rows) + console.PAGE - 1) // console.PAGE)
+        page = max(1, min(page, pages))
+        shown = rows if print else rows[(page - 1) * console.PAGE:page * console.PAGE]
         return render(request, "reports.html", u, r=r, d1=a, d2=b, error=error, printing=print,
-                      peak=peak, query=urlencode({"d1": _dt(a), "d2": _dt(b)}))
+                      peak=peak, query=urlencode({"d1": _dt(a), "d2": _dt(b)}), shown=shown,
+                      page=page, pages=1 if print else pages)
 
     @app.get("/reports/export.{fmt}")
     async def export(request: Request, fmt: str, d1: str = "", d2: str = "") -> Response:
