@@ -4,6 +4,7 @@ neither holds a rule of its own.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 import unicodedata
@@ -89,6 +90,26 @@ def generate_password() -> str:
 def get_user(store: HubStore, uid: str) -> User | None:
     rows = store.q("SELECT * FROM users WHERE id = ? AND coalesce(disabled, 0) = 0", [uid])
     return _user(rows[0]) if rows else None
+
+
+def session_stamp(store: HubStore, uid: str) -> str:
+    """What a session cookie carries besides the user id: a digest of the password hash, so
+    changing or resetting the password ends every other session (nothing secret leaks)."""
+    rows = store.q("SELECT hash FROM users WHERE id = ?", [uid])
+    return hashlib.sha256(rows[0]["hash"].encode()).hexdigest()[:16] if rows else ""
+
+
+def session_user(store: HubStore, uid: str | None, stamp: str | None) -> User | None:
+    """The user a session belongs to, or None: unknown, disabled, locked, or a session from
+    before a password change."""
+    if not uid:
+        return None
+    rows = store.q("SELECT * FROM users WHERE id = ?", [uid])
+    if not rows or rows[0]["disabled"] or rows[0]["locked_at"]:
+        return None
+    if stamp != hashlib.sha256(rows[0]["hash"].encode()).hexdigest()[:16]:
+        return None
+    return _user(rows[0])
 
 
 def users(store: HubStore) -> list[dict[str, Any]]:

@@ -367,6 +367,15 @@ def decide(store: HubStore, item_id: str, approve: bool, note: str, *, user: Use
     return store.q("SELECT * FROM schedule_items WHERE id = ?", [item_id])[0]
 
 
+def may_cancel(store: HubStore, user: User, item_id: str) -> bool:
+    """Approvers and duty officers cancel; an author may withdraw their own draft."""
+    if user.may("schedule.cancel"):
+        return True
+    rows = store.q("SELECT state, drafted_by FROM schedule_items WHERE id = ?", [item_id])
+    return bool(rows) and rows[0]["state"] != "approved" and rows[0]["drafted_by"] == user.id \
+        and user.may("schedule.draft")
+
+
 def cancel(cfg: HubConfig, store: HubStore, item_id: str, *, user: User, ip: str,
            now: datetime) -> dict[str, Any]:
     """A draft is withdrawn; an approved item leaves every bundle and is stopped where it is
@@ -376,7 +385,7 @@ def cancel(cfg: HubConfig, store: HubStore, item_id: str, *, user: User, ip: str
     if not rows:
         raise HubError("mục lịch không có hoặc đã hủy / no such item, or already cancelled")
     row = rows[0]
-    if not target_visible(store, user, row["target"]):
+    if not may_cancel(store, user, item_id) or not target_visible(store, user, row["target"]):
         raise PermissionError(item_id)
     with store.lock, write(store.db):
         if row["state"] == "approved":
@@ -506,6 +515,11 @@ def send_alert(cfg: HubConfig, store: HubStore, content: dict, target: str, *, u
         store.db.execute("UPDATE commands SET review = 'pending' WHERE id = ?", [cmd["id"]])
         audit(store, user.id, "alert.send", target, f"{content['title']} ×{repeat}", ip, now)
     return store.command(cmd["id"])
+
+
+def recent_plays(store: HubStore, limit: int = 10) -> list[dict[str, Any]]:
+    return store.q("SELECT * FROM commands WHERE action = 'play' ORDER BY issued_at DESC "
+                   "LIMIT ?", [limit])
 
 
 def alerts_to_review(store: HubStore) -> list[dict[str, Any]]:

@@ -8,7 +8,6 @@ static/VENDORED.txt) refreshes the board and alert progress.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
 import tempfile
@@ -117,21 +116,13 @@ def create_app(home: Path, *, clock: Clock | None = None, secure_cookies: bool =
         return request.client.host if request.client else ""
 
     def user_of(request: Request) -> accounts.User:
-        uid = request.session.get("uid")
-        u = accounts.get_user(store, uid) if uid else None
-        locked = uid and store.q("SELECT locked_at FROM users WHERE id = ?", [uid])
-        if u is None or (locked and locked[0]["locked_at"]) or \
-                request.session.get("pw") != _pw_stamp(uid):
+        u = accounts.session_user(store, request.session.get("uid"), request.session.get("pw"))
+        if u is None:
             request.session.clear()
             raise Redirect("/login?" + urlencode({"next": request.url.path}))
         if u.must_change and request.url.path not in ("/password", "/logout"):
             raise Redirect("/password")
         return u
-
-    def _pw_stamp(uid: str) -> str:
-        """Sessions end when the password changes or is reset."""
-        rows = store.q("SELECT hash FROM users WHERE id = ?", [uid])
-        return hashlib.sha256(rows[0]["hash"].encode()).hexdigest()[:16] if rows else ""
 
     def need(request: Request, action: str) -> accounts.User:
         u = user_of(request)
@@ -205,7 +196,7 @@ def create_app(home: Path, *, clock: Clock | None = None, secure_cookies: bool =
             return render(request, "login.html", None, status=429 if exc.throttled else 401,
                           next=nxt, error=str(exc), uid=f.get("user", ""))
         request.session.clear()
-        request.session.update(uid=u.id, pw=_pw_stamp(u.id))
+        request.session.update(uid=u.id, pw=accounts.session_stamp(store, u.id))
         return RedirectResponse("/password" if u.must_change else nxt, status_code=303)
 
     @app.post("/logout")
@@ -230,7 +221,7 @@ def create_app(home: Path, *, clock: Clock | None = None, secure_cookies: bool =
                                      ip=ip(request))
         except accounts.AccountError as exc:
             return render(request, "password.html", u, status=400, error=str(exc))
-        request.session.update(pw=_pw_stamp(u.id))
+        request.session.update(pw=accounts.session_stamp(store, u.id))
         flash(request, "Đã đổi mật khẩu.")
         return RedirectResponse("/", status_code=303)
 
@@ -506,9 +497,7 @@ def create_app(home: Path, *, clock: Clock | None = None, secure_cookies: bool =
     @app.post("/schedule/{item_id}/cancel")
     async def schedule_cancel(request: Request, item_id: str) -> Response:
         u = user_of(request)
-        rows = store.q("SELECT state, drafted_by FROM schedule_items WHERE id = ?", [item_id])
-        own_draft = rows and rows[0]["state"] != "approved" and rows[0]["drafted_by"] == u.id
-        if not (u.may("schedule.cancel") or (own_draft and u.may("schedule.draft"))):
+        if not console.may_cancel(store, u, item_id):
             raise HTTPException(403, "Bạn không có quyền hủy / not allowed")
         try:
             console.cancel(cfg, store, item_id, user=u, ip=ip(request), now=now())
@@ -575,8 +564,7 @@ def create_app(home: Path, *, clock: Clock | None = None, secure_cookies: bool =
         return render(request, "alert.html", u, values={"target": "all", "repeat": "1",
                                                         "gap": "5"}, errors={},
                       content=console.content_list(store), tree=console.groups_tree(store),
-                      recent=store.q("SELECT * FROM commands WHERE action = 'play' ORDER BY "
-                                     "issued_at DESC LIMIT 10"))
+                      recent=console.recent_plays(store))
 
     @app.post("/alert")
     async def alert_send(request: Request) -> Response:

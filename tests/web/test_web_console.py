@@ -437,3 +437,65 @@ def test_readiness_lists_the_stations_to_phone_first(hub):
     r = Browser(app, "duty").get(f"/readiness?d1={day}")
     assert r.status_code == 200
     assert "0/2" in r.text and "tram-a2" in r.text and "tram-b1" not in r.text
+
+
+def test_alert_progress_and_review(hub):
+    home, store, content, app = hub
+    for sid in ("tram-a1", "tram-a2"):  # online: not yet "unreachable"
+        store.set_state(sid, online=1)
+    duty = Browser(app, "duty")
+    r = duty.post("/alert", {"content": content["sha"], "target": "group:xa-a", "repeat": "2",
+                             "gap": "5"})
+    assert r.status_code == 303 and r.headers["location"].startswith("/alert/")
+    cid = r.headers["location"].rsplit("/", 1)[1]
+    cmd = store.command(cid)
+    body = json.loads(cmd["body"])
+    assert body["priority"] == 3 and body["repeat"] == 2 and body["gap_s"] == 300
+    assert cmd["review"] == "pending" and cmd["by"] == "duty"
+    page = duty.get(f"/alert/{cid}").text
+    assert "đã phát 0/2 trạm" in page and 'hx-trigger="every 2s"' in page
+    # a station reports it started: the progress line follows
+    store.store_events("tram-a1", [{"seq": 1, "kind": "command", "at": "2026-12-01T00:00:00Z",
+                                    "data": {"id": cid, "state": "started"}}],
+                       datetime.now(timezone.utc))
+    part = duty.get(f"/alert/{cid}", headers={"HX-Request": "true"}).text
+    assert "đã phát 1/2 trạm" in part and "<html" not in part  # the fragment htmx swaps in
+    # the commune operator sees only its own stations' rows
+    assert "tram-b1" not in Browser(app, "commune").get(f"/alert/{cid}").text
+    # an unknown alert, a bad form: refused with the field named, nothing sent
+    assert duty.get("/alert/khongco").status_code == 404
+    n = len(store.q("SELECT id FROM commands"))
+    r = duty.post("/alert", {"target": "group:khong-co", "repeat": "0", "gap": "99"})
+    assert r.status_code == 400
+    for msg in ("Chọn nội dung hoặc nhập văn bản", "Chọn nơi phát", "Lặp 1–10 lần"):
+        assert msg in r.text
+    assert len(store.q("SELECT id FROM commands")) == n
+    # reviewed afterwards by an approver, once
+    approver = Browser(app, "approver")
+    assert cid in approver.get("/approvals").text
+    assert approver.post(f"/approvals/alerts/{cid}", {"note": "đúng quy trình"}).status_code == 303
+    assert store.command(cid)["reviewed_by"] == "approver"
+    approver.post(f"/approvals/alerts/{cid}", {"note": "lần hai"})
+    assert "không có tin khẩn cấp chờ xem lại" in approver.get("/approvals").text
+    assert [r["action"] for r in accounts.audit_rows(store, text=cid)] == ["alert.review"]
+
+
+def test_station_commands_from_the_station_page(hub):
+    home, store, content, app = hub
+    duty = Browser(app, "duty")
+    for form, action in (({"action": "play", "content": content["sha"]}, "play"),
+                         ({"action": "selftest"}, "selftest"), ({"action": "stop"}, "stop"),
+                         ({"action": "volume", "level": "55"}, "volume")):
+        assert duty.post("/stations/tram-b1/command", form).status_code == 303
+        cmd = store.q("SELECT * FROM commands ORDER BY rowid DESC LIMIT 1")[0]
+        assert cmd["action"] == action and cmd["target"] == "station:tram-b1"
+    n = len(store.q("SELECT id FROM commands"))
+    for bad in ({"action": "volume", "level": "150"}, {"action": "volume", "level": "x"},
+                {"action": "reboot"}, {"action": "play", "content": "ffff"}):
+        duty.post("/stations/tram-b1/command", bad)
+    assert len(store.q("SELECT id FROM commands")) == n
+    page = duty.get("/stations/tram-b1").text
+    assert "Lệnh gần đây" in page and "volume" in page
+    # the board's live part is a fragment for htmx, filtered like the page
+    part = duty.get("/stations?group=xa-b", headers={"HX-Request": "true"}).text
+    assert "<html" not in part and "tram-b1" in part and "tram-a1" not in part
