@@ -316,23 +316,72 @@ def _dmy(t: datetime) -> str:
     return t.astimezone(TZ).strftime("%d/%m/%Y")
 
 
-def draft(store: HubStore, d: Draft, *, user: User, ip: str, now: datetime) -> dict[str, Any]:
+def draft(store: HubStore, d: Draft, *, user: User, ip: str, now: datetime,
+          replaces: str | None = None) -> dict[str, Any]:
     """A broadcast from the console: a draft waiting for approval, or on air at once when
-    approval is off. Validated by the same code as `hub announce`."""
+    approval is off. Validated by the same code as `hub announce`. ``replaces``: an edit of
+    that item; a draft being edited is withdrawn at once, an approved one stays on air until
+    its replacement is approved (``decide``), so an edit never leaves a gap."""
     if not target_visible(store, user, d.target):
         raise PermissionError(d.target)
     content = store.content(d.content_sha)
     if content is None:
         raise HubError("nội dung không có / no such content")
+    old = None
+    if replaces is not None:
+        rows = store.q("SELECT * FROM schedule_items WHERE id = ? AND cancelled_at IS NULL",
+                       [replaces])
+        if not rows:
+            raise HubError("mục lịch không có hoặc đã hủy / no such item, or cancelled")
+        old = rows[0]
+        if not target_visible(store, user, old["target"]):
+            raise PermissionError(replaces)
     approved = not approval_required(store)
     with store.lock, write(store.db):
         item_id = admin.announce(store, content=content, when=d.when, priority=d.priority,
                                  target=d.target, every=d.rrule, valid_from=d.valid_from,
                                  valid_until=d.valid_until, late_start_s=d.late_start_s,
                                  title=d.title, now=now, by=user.id, approved=approved)
-        audit(store, user.id, "schedule.draft" if not approved else "schedule.add", item_id,
-              f"{d.title} → {d.target}", ip, now)
+        if old is not None:
+            store.db.execute("UPDATE schedule_items SET replaces = ? WHERE id = ?",
+                             [old["id"], item_id])
+            if approved or old["state"] != "approved":
+                _retire(store, old["id"], now)
+        action = ("schedule.edit" if old else "schedule.draft") if not approved else \
+            ("schedule.edit_live" if old else "schedule.add")
+        audit(store, user.id, action, item_id,
+              f"{d.title} → {d.target}" + (f" (thay {old['id']})" if old else ""), ip, now)
     return store.q("SELECT * FROM schedule_items WHERE id = ?", [item_id])[0]
+
+
+def _retire(store: HubStore, item_id: str, now: datetime) -> None:
+    """An item replaced by its edit leaves every bundle (what is on air plays on)."""
+    store.db.execute("UPDATE schedule_items SET cancelled_at = ? WHERE id = ? AND "
+                     "cancelled_at IS NULL", [iso(now), item_id])
+
+
+def draft_form_values(row: dict[str, Any]) -> dict[str, str]:
+    """A stored item as the schedule form's fields (for editing it)."""
+    start = parse_iso(row["start"]).astimezone(TZ)
+    rule = dict(part.split("=", 1) for part in (row["rrule"] or "").split(";") if "=" in part)
+    freq, byday = rule.get("FREQ"), rule.get("BYDAY")
+    every = {None: "", "DAILY": "daily"}.get(freq, "custom")
+    if freq == "WEEKLY":
+        every = "weekly" if not byday else \
+            "weekdays" if byday == "MO,TU,WE,TH,FR" else "custom"
+    values = {"content": row["content_sha"], "title": row["title"] or "",
+              "target": row["target"], "day": start.strftime("%d/%m/%Y"),
+              "time": start.strftime("%H:%M"), "every": every,
+              "priority": str(row["priority"]), "late": str((row["late_start_s"] or 0) // 60),
+              "until": parse_iso(row["valid_until"]).astimezone(TZ).strftime("%d/%m/%Y")
+              if row["valid_until"] else ""}
+    if every == "custom" and byday:
+        values.update({f"wd_{d}": "1" for d in byday.split(",")})
+    if rule.get("BYHOUR"):
+        minute = int(rule.get("BYMINUTE", start.minute))
+        values["times"] = ", ".join(f"{int(h):02d}:{minute:02d}" for h in
+                                    rule["BYHOUR"].split(",") if int(h) != start.hour)
+    return values
 
 
 def decide(store: HubStore, item_id: str, approve: bool, note: str, *, user: User, ip: str,
@@ -362,6 +411,8 @@ def decide(store: HubStore, item_id: str, approve: bool, note: str, *, user: Use
              user.id if approve else None, iso(now) if approve else None, item_id]).rowcount
         if n != 1:
             raise HubError("mục này đã được quyết định / this item was already decided")
+        if approve and row.get("replaces"):  # an edit: the old version leaves with it
+            _retire(store, row["replaces"], now)
         audit(store, user.id, "schedule.approve" if approve else "schedule.reject", item_id,
               note.strip()[:500], ip, now)
     return store.q("SELECT * FROM schedule_items WHERE id = ?", [item_id])[0]

@@ -115,7 +115,8 @@ def m007_console(db) -> None:
                                 pk="id")
     db["login_attempts"].create_index(["ip", "at"])
     for col, typ in (("state", str), ("drafted_by", str), ("approved_by", str),
-                     ("approved_at", str), ("decided_by", str), ("decision_note", str)):
+                     ("approved_at", str), ("decided_by", str), ("decision_note", str),
+                     ("replaces", str)):  # an edit: the item it takes the place of
         db["schedule_items"].add_column(col, typ)
     db.execute("UPDATE schedule_items SET state = 'approved' WHERE state IS NULL")
     for col, typ in (("review", str), ("reviewed_by", str), ("reviewed_at", str)):

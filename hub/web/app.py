@@ -45,6 +45,14 @@ WEEKDAYS = [("MO", "T2"), ("TU", "T3"), ("WE", "T4"), ("TH", "T5"), ("FR", "T6")
             ("SU", "CN")]
 
 
+PROBES_VI = {"relays": "rơ-le", "amplifier": "tăng âm", "mains": "điện lưới", "ups": "ắc quy UPS",
+             "link": "kết nối", "disk": "bộ nhớ", "memory": "RAM", "cpu_temp": "nhiệt độ CPU",
+             "modem": "sóng 4G", "clock": "đồng hồ", "audio_device": "thiết bị âm thanh"}
+EVENTS_VI = {"playback": "lần phát", "alarm": "cảnh báo", "agent.started": "khởi động lại",
+             "command": "lệnh", "refused": "từ chối tin không hợp lệ", "button": "nút bấm",
+             "bundle": "nhận bản phát mới", "selftest": "tự kiểm tra"}
+
+
 class Redirect(Exception):
     def __init__(self, url: str) -> None:
         self.url = url
@@ -103,7 +111,8 @@ def create_app(home: Path, *, clock: Clock | None = None, secure_cookies: bool =
     env.globals.update(ROLES=accounts.ROLES, ALARMS_VI=ALARMS_VI, HEALTH_VI=HEALTH_VI,
                        OUTCOMES_VI=OUTCOMES_VI, STATES=console.STATES, Priority=Priority,
                        EVERY_VI=EVERY_VI, WEEKDAYS=WEEKDAYS,
-                       COMMAND_STATES_VI=admin.COMMAND_STATES_VI)
+                       COMMAND_STATES_VI=admin.COMMAND_STATES_VI, PROBES_VI=PROBES_VI,
+                       EVENTS_VI=EVENTS_VI)
     app = FastAPI(title="loaxa", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store = store
     app.state.cfg = cfg
@@ -395,8 +404,9 @@ def create_app(home: Path, *, clock: Clock | None = None, secure_cookies: bool =
                       items=console.items_list(store, u))
 
     def _draft_form(request: Request, u, values: dict, errors: dict, warns: list[str],
-                    status: int = 200) -> HTMLResponse:
+                    status: int = 200, editing: dict | None = None) -> HTMLResponse:
         return render(request, "schedule_new.html", u, status=status, values=values,
+                      editing=editing,
                       errors=errors, warns=warns, content=console.content_list(store),
                       tree=console.groups_tree(store), stations=store.stations(),
                       approval=console.approval_required(store))
@@ -476,23 +486,48 @@ def create_app(home: Path, *, clock: Clock | None = None, secure_cookies: bool =
 
     @app.post("/schedule/new")
     async def schedule_create(request: Request) -> Response:
+        return await _save_draft(request)
+
+    async def _save_draft(request: Request, replaces: str | None = None) -> Response:
         u = need(request, "schedule.draft")
         f = await form(request)
+        editing = None
+        if replaces is not None:
+            editing = next((i for i in console.items_list(store, u) if i["id"] == replaces),
+                           None)
+            if editing is None:
+                raise HTTPException(404)
         d, errors = _read_draft(f)
         warns: list[str] = []
         if d is not None:
-            warns = console.warnings(store, d, now(), cfg.quiet)
+            warns = [w for w in console.warnings(store, d, now(), cfg.quiet)
+                     if not (editing and f"“{editing['title']}”" in w)]  # not with itself
             if f.get("check") or (warns and not f.get("confirm")):
-                return _draft_form(request, u, {**f, "confirm": "1" if warns else ""}, {}, warns)
+                return _draft_form(request, u, {**f, "confirm": "1" if warns else ""}, {}, warns,
+                                   editing=editing)
             try:
-                row = console.draft(store, d, user=u, ip=ip(request), now=now())
+                row = console.draft(store, d, user=u, ip=ip(request), now=now(),
+                                    replaces=replaces)
             except (HubError, ScheduleError) as exc:
                 errors["when"] = str(exc)
             else:
                 flash(request, "Đã lưu bản nháp, chờ phê duyệt." if row["state"] == "draft"
                       else "Đã lên lịch.")
                 return RedirectResponse("/schedule", status_code=303)
-        return _draft_form(request, u, f, errors, warns, status=400)
+        return _draft_form(request, u, f, errors, warns, status=400, editing=editing)
+
+    @app.get("/schedule/{item_id}/edit", response_class=HTMLResponse)
+    async def schedule_edit(request: Request, item_id: str) -> HTMLResponse:
+        u = need(request, "schedule.draft")
+        rows = [i for i in console.items_list(store, u) if i["id"] == item_id]
+        if not rows:
+            raise HTTPException(404)
+        return _draft_form(request, u, console.draft_form_values(rows[0]), {}, [],
+                           editing=rows[0])
+
+    @app.post("/schedule/{item_id}/edit")
+    async def schedule_update(request: Request, item_id: str) -> Response:
+        return await _save_draft(request, replaces=item_id)
 
     @app.post("/schedule/{item_id}/cancel")
     async def schedule_cancel(request: Request, item_id: str) -> Response:

@@ -499,3 +499,38 @@ def test_station_commands_from_the_station_page(hub):
     # the board's live part is a fragment for htmx, filtered like the page
     part = duty.get("/stations?group=xa-b", headers={"HX-Request": "true"}).text
     assert "<html" not in part and "tram-b1" in part and "tram-a1" not in part
+
+
+def test_editing_a_broadcast_keeps_the_old_one_on_air_until_the_edit_is_approved(hub):
+    home, store, content, app = hub
+    editor, approver = Browser(app, "editor"), Browser(app, "approver")
+    _draft(editor, content, every="custom", wd_MO="1", wd_TH="1", times="11:30, 17:30",
+           **{"time": "06:30"})
+    first = store.q("SELECT * FROM schedule_items")[0]
+    assert first["rrule"] == "FREQ=WEEKLY;BYDAY=MO,TH;BYHOUR=6,11,17;BYMINUTE=30"
+    form = editor.get(f"/schedule/{first['id']}/edit").text  # the form, filled in
+    for field in ('value="06:30"', 'value="11:30, 17:30"', 'name="wd_MO" value="1" checked',
+                  'name="wd_TH" value="1" checked', 'value="Bản tin sáng"'):
+        assert field in form, field
+    # editing a draft withdraws it at once
+    r = editor.post(f"/schedule/{first['id']}/edit", {
+        "content": content["sha"], "title": "Bản tin sáng (sửa)", "target": "group:xa-a",
+        "every": "daily", "priority": "1", "late": "5", "confirm": "1", **_tomorrow("06:45")})
+    assert r.status_code == 303, r.text[:500]
+    live = store.q("SELECT * FROM schedule_items WHERE cancelled_at IS NULL")
+    assert len(live) == 1 and live[0]["replaces"] == first["id"] and live[0]["state"] == "draft"
+    approver.post(f"/approvals/{live[0]['id']}", {"decision": "approve", "note": ""})
+    on_air = store.items()
+    assert [i["title"] for i in on_air] == ["Bản tin sáng (sửa)"]
+    # editing what is on air: the old version plays on until the edit is approved
+    editor.post(f"/schedule/{on_air[0]['id']}/edit", {
+        "content": content["sha"], "title": "Bản tin sáng 7 giờ", "target": "group:xa-a",
+        "every": "daily", "priority": "1", "late": "5", "confirm": "1", **_tomorrow("07:00")})
+    assert [i["title"] for i in store.items()] == ["Bản tin sáng (sửa)"]
+    edit = store.q("SELECT * FROM schedule_items WHERE state = 'draft' AND cancelled_at IS NULL")[0]
+    approver.post(f"/approvals/{edit['id']}", {"decision": "approve", "note": ""})
+    assert [i["title"] for i in store.items()] == ["Bản tin sáng 7 giờ"]
+    assert not store.q("SELECT * FROM commands WHERE action = 'stop'")  # nothing cut off
+    assert "schedule.edit" in {r["action"] for r in accounts.audit_rows(store, user="editor")}
+    # another commune's item cannot be edited by URL (a commune user cannot draft at all)
+    assert Browser(app, "commune").get(f"/schedule/{edit['id']}/edit").status_code == 403
