@@ -170,3 +170,32 @@ def test_alarm_ack_and_heightened_commands(home, capsys):
     assert "nhịp tim 15 s" in capsys.readouterr().out
     assert run("hub", "--home", home, "heightened", "--to", "group:bien", "--from",
                "24/05/2030 00:00", "--until", "20/05/2030 00:00", "--reason", "x") == 2
+
+
+def test_hub_user_commands(home, capsys):
+    """No default password: `user add` prints a generated one, to change at first login."""
+    from hub import accounts, config as hubconfig
+    from hub.store import HubStore
+    assert run("hub", "--home", home, "user", "add", "admin", "--role", "admin",
+               "--name", "Nguyễn Văn An") == 0
+    out = capsys.readouterr().out
+    password = out.split("one-time password: ")[1].split()[0]
+    assert len(password) == 16 and "Quản trị" in out
+    store = HubStore(hubconfig.load(home).db_path)
+    try:
+        from datetime import datetime, timezone
+        u = accounts.login(store, "admin", password, ip="cli-test",
+                           now=datetime.now(timezone.utc))
+        assert u.must_change and u.role == "admin"
+        assert run("hub", "--home", home, "user", "add", "admin", "--role", "admin") == 2
+        assert "đã có" in capsys.readouterr().err
+        assert run("hub", "--home", home, "user", "add", "xa", "--role", "commune") == 2
+        assert "cần ít nhất một xã" in capsys.readouterr().err
+        assert run("hub", "--home", home, "user", "reset", "admin") == 0
+        new = capsys.readouterr().out.split("one-time password: ")[1].split()[0]
+        assert new != password
+        assert run("hub", "--home", home, "user", "unlock", "ai-do") == 2
+        assert run("hub", "--home", home, "user", "list") == 0
+        assert "admin" in capsys.readouterr().out
+    finally:
+        store.close()
