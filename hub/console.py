@@ -63,6 +63,7 @@ def target_visible(store: HubStore, user: User, target: str) -> bool:
 
 BOARD_SQL = """
 SELECT s.id, s.name, st.online, st.since, st.active_version, st.held_version, st.missing,
+       st.on_air,
        st.clock_trusted, st.health, st.health_probes, st.last_heartbeat, st.heartbeat_s,
        st.restarts, st.started_at, st.last_seen, st.live_mic, st.outbox,
        (SELECT max(version) FROM bundles b WHERE b.station_id = s.id) AS desired,
@@ -130,12 +131,13 @@ def board(store: HubStore, user: User, now: datetime, *, state: str = "", group:
         outcome, _, at = (r["last_play"] or "").partition("|")
         r["last_play"] = {"outcome": outcome, "at": at} if r["last_play"] else None
     where_all, args_all = _board_filter(store, user)
-    counts = dict(zip(("total", "online", "alarm", "behind"), store.db.execute(
+    counts = dict(zip(("total", "online", "alarm", "behind", "on_air"), store.db.execute(
         f"SELECT count(*), sum(coalesce(st.online, 0)), "
         f"sum(EXISTS (SELECT 1 FROM alarms a WHERE a.station_id = s.id AND "
         f"a.cleared_at IS NULL)), "
         f"sum(coalesce(st.active_version, 0) < coalesce((SELECT max(version) FROM bundles b "
-        f"WHERE b.station_id = s.id), 0)) "
+        f"WHERE b.station_id = s.id), 0)), "
+        f"sum(coalesce(st.online, 0) AND coalesce(st.on_air, 0)) "
         f"FROM stations s LEFT JOIN station_state st ON st.station_id = s.id "
         f"WHERE {where_all}", args_all).fetchone()))
     counts = {k: v or 0 for k, v in counts.items()}

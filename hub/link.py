@@ -280,7 +280,8 @@ class HubLink:
                 self._heartbeats[sid] = {
                     "health": b["status"][:16], "last_heartbeat": iso(now),
                     "health_probes": json.dumps(b["probes"], ensure_ascii=False),
-                    "heartbeat_s": int(b.get("interval_s") or 0)}
+                    "heartbeat_s": int(b.get("interval_s") or 0),
+                    "on_air": int(bool(b.get("on_air")))}
             elif leaf == "fetch" and env.kind == "time":
                 nonce = env.body.get("nonce")
                 if not isinstance(nonce, str) or len(nonce) > 64:

@@ -155,6 +155,7 @@ def m008_play_days(db) -> None:
     """Per station and local day: plays of the programme played and missed, and the reasons
     for the missed ones; written with each playback record (the compliance report reads
     thousands of these, not hundreds of thousands of records)."""
+    db["station_state"].add_column("on_air", int)  # from the latest heartbeat
     db["play_days"].create({"station_id": str, "day": str, "played": int, "missed": int},
                            pk=("station_id", "day"))
     db["play_reasons"].create({"station_id": str, "day": str, "reason": str, "n": int},

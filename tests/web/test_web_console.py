@@ -534,3 +534,14 @@ def test_editing_a_broadcast_keeps_the_old_one_on_air_until_the_edit_is_approved
     assert "schedule.edit" in {r["action"] for r in accounts.audit_rows(store, user="editor")}
     # another commune's item cannot be edited by URL (a commune user cannot draft at all)
     assert Browser(app, "commune").get(f"/schedule/{edit['id']}/edit").status_code == 403
+
+
+def test_overview_counts_what_the_heartbeats_say(hub):
+    home, store, content, app = hub
+    store.set_state("tram-a1", online=1, on_air=1)
+    store.set_state("tram-a2", online=1, on_air=0)
+    store.set_state("tram-b1", online=0, on_air=1)  # offline: its last word is not "now"
+    page = Browser(app, "viewer").get("/").text
+    assert "<b>1</b> đang phát" in page and "<b>2</b> đang kết nối" in page
+    commune = Browser(app, "commune").get("/").text  # its communes only: a1, a2
+    assert "<b>2</b> trạm" in commune and "<b>1</b> đang phát" in commune
