@@ -545,3 +545,27 @@ def test_overview_counts_what_the_heartbeats_say(hub):
     assert "<b>1</b> đang phát" in page and "<b>2</b> đang kết nối" in page
     commune = Browser(app, "commune").get("/").text  # its communes only: a1, a2
     assert "<b>2</b> trạm" in commune and "<b>1</b> đang phát" in commune
+
+
+def test_other_forms_name_the_field_and_keep_the_input(hub):
+    home, store, content, app = hub
+    n = len(console.content_list(store))
+    r = Browser(app, "editor").post("/content/tts", {"title": "Tin bão số 3", "text": " ",
+                                                     "engine": "siri"})
+    assert r.status_code == 400 and "Cần văn bản để đọc" in r.text
+    assert "Giọng đọc không có" in r.text and 'value="Tin bão số 3"' in r.text
+    assert len(console.content_list(store)) == n
+    admin = Browser(app, "admin")
+    r = admin.post("/users", {"id": "Ông Ba!", "name": "Ông Ba", "role": "viewer"})
+    assert r.status_code == 400 and "tên đăng nhập 2-32 ký tự" in r.text
+    assert 'value="Ông Ba"' in r.text
+    r = admin.post("/users", {"id": "ba", "name": "Ông Ba", "role": "vua"})
+    assert r.status_code == 400 and "vai trò" in r.text
+    assert "ba" not in {u["id"] for u in accounts.users(store)}
+    r = Browser(app, "viewer").get("/readiness?d1=32/13/2026")
+    assert r.status_code == 200 and "dùng dd/mm/yyyy" in r.text
+    r = Browser(app, "viewer").get("/reports?d1=hôm qua")
+    assert r.status_code == 200 and "dùng dd/mm/yyyy" in r.text
+    r = Browser(app, "editor").post("/password", {"old": "sai", "new": "mật khẩu mới dài",
+                                                  "again": "khác hẳn"})
+    assert r.status_code == 400 and "không khớp" in r.text
