@@ -84,3 +84,32 @@ def issue(ca: Issued, folder: Path, cn: str, *, server: bool = False,
     _write_key(out.key, key)
     out.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return out
+
+
+def serial_of(cert: Path) -> int:
+    return x509.load_pem_x509_certificate(cert.read_bytes()).serial_number
+
+
+def not_after(cert: Path) -> datetime:
+    return x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc
+
+
+def write_crl(ca: Issued, path: Path, revoked: list[tuple[int, datetime]], *,
+              now: datetime | None = None, days: int = 3650) -> Path:
+    """The CA's certificate revocation list (PEM) naming ``revoked`` (serial, when), for the
+    broker's ``crlfile``. Written beside and renamed, so the broker never reads half a file.
+    Its next update is far off: the broker refuses every client once a CRL is past it."""
+    now = now or datetime.now(timezone.utc)
+    ca_key = serialization.load_pem_private_key(ca.key.read_bytes(), password=None)
+    ca_cert = x509.load_pem_x509_certificate(ca.cert.read_bytes())
+    b = (x509.CertificateRevocationListBuilder().issuer_name(ca_cert.subject)
+         .last_update(now - timedelta(minutes=5)).next_update(now + timedelta(days=days)))
+    for serial, when in revoked:
+        b = b.add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(serial)
+                                      .revocation_date(when).build())
+    crl = b.sign(ca_key, hashes.SHA256())
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    tmp.chmod(0o644)
+    os.replace(tmp, path)
+    return path

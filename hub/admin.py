@@ -92,7 +92,8 @@ def add_station(cfg: hubconfig.HubConfig, sid: str, *, name: str, groups: list[s
         # name) beside the station's configuration; used when the hub's broker is TLS
         from deploy.pki import issue
         ca = _pki_ca(cfg.home)
-        issue(ca, out, sid, name="client")
+        cert = issue(ca, out, sid, name="client")
+        _record_certificate(cfg, cert.cert, sid, "station")
         (out / "broker-ca.crt").write_bytes(ca.cert.read_bytes())
         if b.tls_ca:
             tls = ['tls_ca = "broker-ca.crt"', 'tls_cert = "client.crt"',
@@ -129,7 +130,7 @@ def pki_init(home: Path, *, hosts: tuple[str, ...], hub_cn: str | None = None) -
     (for ``hosts``) and the hub's client certificate, under HOME/pki (keys 0600). Refuses to
     replace an existing CA: every station's certificate hangs on it."""
     from deploy.mosquitto_conf import HUB_CN
-    from deploy.pki import issue, make_ca
+    from deploy.pki import issue, make_ca, write_crl
     if pki_exists(home):
         raise HubError(f"đã có CA tại {home / PKI_DIR}; không ghi đè / a CA already exists "
                        f"at {home / PKI_DIR}: not replaced (every station's certificate "
@@ -142,8 +143,51 @@ def pki_init(home: Path, *, hosts: tuple[str, ...], hub_cn: str | None = None) -
     ca = make_ca(folder, cn="loaxa CA")
     broker = issue(ca, folder, "broker", server=True, hosts=hosts, name="broker")
     hub = issue(ca, folder, hub_cn or HUB_CN, name="hub")
+    write_crl(ca, folder / "crl.pem", [])  # the broker's crlfile: empty until a revocation
+    cfg = hubconfig.load(home)
+    for cert, cn, kind in ((ca.cert, "loaxa CA", "ca"), (broker.cert, "broker", "broker"),
+                           (hub.cert, hub_cn or HUB_CN, "hub")):
+        _record_certificate(cfg, cert, cn, kind)
     return {"ca": ca.cert, "broker_cert": broker.cert, "broker_key": broker.key,
-            "hub_cert": hub.cert, "hub_key": hub.key}
+            "hub_cert": hub.cert, "hub_key": hub.key, "crl": folder / "crl.pem"}
+
+
+def _record_certificate(cfg: hubconfig.HubConfig, cert: Path, cn: str, kind: str) -> None:
+    from deploy.pki import not_after, serial_of
+    store = HubStore(cfg.db_path)
+    try:
+        store.add_certificate(serial_of(cert), cn, kind, not_after(cert),
+                              make_clock(cfg.clock).now())
+    finally:
+        store.close()
+
+
+def revoke_station(cfg: hubconfig.HubConfig, sid: str, *, now) -> Path:
+    """The station is cut off: every certificate issued to it goes on the CA's revocation
+    list (HOME/pki/crl.pem, for the broker's ``crlfile``: the broker refuses it from its next
+    reload), and its signing key is forgotten, so whatever it still sends is refused. Its
+    enrolment can be made again with a new certificate and key."""
+    from deploy.pki import write_crl
+    if not pki_exists(cfg.home):
+        raise HubError("chưa có CA (`loaxa hub pki init`) / no CA yet")
+    store = HubStore(cfg.db_path)
+    try:
+        if store.station(sid) is None:
+            raise HubError(f"trạm {sid!r} không có / no station {sid!r}")
+        with store.lock, write(store.db):
+            n = store.db.execute("UPDATE certificates SET revoked_at = ? WHERE cn = ? AND "
+                                 "kind = 'station' AND revoked_at IS NULL",
+                                 [iso(now), sid]).rowcount
+            store.db.execute("UPDATE stations SET public_key = NULL WHERE id = ?", [sid])
+            revoked = [(int(s), parse_iso(at)) for s, at in store.db.execute(
+                "SELECT serial, revoked_at FROM certificates WHERE revoked_at IS NOT NULL")]
+            if not n and not revoked:
+                raise HubError(f"trạm {sid!r} chưa có chứng chỉ / {sid!r} has no certificate")
+            path = write_crl(_pki_ca(cfg.home), cfg.home / PKI_DIR / "crl.pem", revoked,
+                             now=now)
+        return path
+    finally:
+        store.close()
 
 
 def set_station_key(cfg: hubconfig.HubConfig, sid: str, public_key: str) -> None:

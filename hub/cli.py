@@ -73,6 +73,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--public-key", help="the station's public key (`loaxa agent keygen`), "
                    "if it already has one")
     a.set_defaults(fn=cmd_station_add)
+    a = _leaf(ss, "revoke", help="cut a station off: its certificate on the broker's CRL, "
+              "its key forgotten")
+    a.add_argument("id")
+    a.set_defaults(fn=cmd_station_revoke)
     a = _leaf(ss, "key", help="record the public key a station made (`loaxa agent keygen`)")
     a.add_argument("id")
     a.add_argument("public_key")
@@ -321,6 +325,18 @@ def cmd_station_add(args) -> int:
         print(f"Trên trạm chạy / on the station run: loaxa agent keygen --config station.toml\n"
               f"rồi ở hub / then here: loaxa hub station key {args.id} <khóa công khai / "
               f"public key>")
+    return 0
+
+
+def cmd_station_revoke(args) -> int:
+    from .admin import revoke_station
+    cfg = hubconfig.load(args.home)
+    crl = revoke_station(cfg, args.id, now=make_clock(cfg.clock).now())
+    print(f"Đã thu hồi trạm {args.id}: hub từ chối mọi tin của trạm / station revoked: the hub "
+          f"refuses whatever it sends")
+    print(f"Danh sách thu hồi / revocation list: {crl}\n  cp {crl} /etc/loaxa/crl.pem && "
+          f"systemctl reload mosquitto   (broker refuses its certificate from then on; "
+          f"`restart` also cuts a connection still open: docs/security.md)")
     return 0
 
 

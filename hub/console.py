@@ -525,8 +525,10 @@ def alarms(store: HubStore, user: User, *, open_only: bool = True,
     if seen is not None:
         where.append(f"a.station_id IN ({','.join('?' * len(seen))})" if seen else "0")
         args += sorted(seen)
-    return store.q(f"SELECT a.*, s.name FROM alarms a JOIN stations s ON s.id = a.station_id "
-                   f"WHERE {' AND '.join(where)} ORDER BY a.raised_at DESC LIMIT 500", args)
+    # the hub's own alarms (its certificates) have no station: shown as "Hub"
+    return store.q(f"SELECT a.*, coalesce(s.name, 'Hub') AS name FROM alarms a LEFT JOIN "
+                   f"stations s ON s.id = a.station_id WHERE {' AND '.join(where)} "
+                   f"ORDER BY a.raised_at DESC LIMIT 500", args)
 
 
 def ack_alarm(store: HubStore, alarm_id: int, note: str, *, user: User, ip: str,
@@ -534,8 +536,11 @@ def ack_alarm(store: HubStore, alarm_id: int, note: str, *, user: User, ip: str,
     rows = store.q("SELECT * FROM alarms WHERE id = ?", [alarm_id])
     if not rows:
         raise HubError("cảnh báo không có / no such alarm")
-    if not may_station(store, user, rows[0]["station_id"]):
-        raise PermissionError(rows[0]["station_id"])
+    sid = rows[0]["station_id"]
+    own = may_station(store, user, sid) if store.station(sid) else \
+        visible_stations(store, user) is None  # the hub's own alarms: not a commune's
+    if not own:
+        raise PermissionError(sid)
     with store.lock, write(store.db):
         if not store.ack_alarm(alarm_id, user.id, note.strip()[:500], now):
             raise HubError("cảnh báo đã được xác nhận / the alarm was already acknowledged")

@@ -26,6 +26,7 @@ log = logging.getLogger("loaxa.hub")
 MAX_EVENTS_PER_REPORT = 500
 REPLAN_EVERY_S = 30.0
 WATCH_EVERY_S = 5.0  # presence alarms and the serving heartbeat
+CERTS_EVERY_S = 3600.0      # certificates expiring within 30 days: an alarm
 PUSH_AGAIN_S = 600.0  # a file pushed on a shared topic is not pushed there again sooner
 BLOB_CACHE_BYTES = 64 * 2**20
 RESEND_AFTER_S = 3.0  # a chunk sent this recently is not sent again for the same station
@@ -47,6 +48,7 @@ class HubLink:
         self.counters: dict[str, int] = {}
         self._rings: dict[str, KeyRing] = {}
         self._heartbeats: dict[str, dict[str, Any]] = {}  # kept by handle, written by flush
+        self._certs_checked = -1e9  # certificate expiry: at start, then hourly
         # chunks handed to paho and not yet acknowledged, by (station, sha, offset): paho
         # re-sends them after a reconnect, so a repeated fetch must not send them again
         self._in_flight: dict[tuple[str, str, int], Any] = {}
@@ -119,6 +121,9 @@ class HubLink:
                 {"cause": f.cause, "detail": f.detail, "since": iso(now)} if f else None))
         self.store.set_setting("serve.alive_at", iso(now))
         self.store.sync_offline_alarms(now, self.offline_alarm_s)
+        if self._watched - self._certs_checked >= CERTS_EVERY_S:
+            self._certs_checked = self._watched
+            self.store.sync_certificate_alarms(now)
 
     # -- planning --------------------------------------------------------------------------
     def replan_if_changed(self, force: bool = False) -> int:

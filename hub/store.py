@@ -183,6 +183,18 @@ def _count_play(db, sid: str, item: str | None, scheduled: str | None, started: 
                    "reason) DO UPDATE SET n = n + 1", [sid, day, reason])
 
 
+@migrations
+def m009_certificates(db) -> None:
+    """Every TLS certificate the hub's CA issued: for revocation (the broker's CRL) and for
+    the alarm 30 days before one expires."""
+    db["certificates"].create({"serial": str, "cn": str, "kind": str, "not_after": str,
+                               "issued_at": str, "revoked_at": str}, pk="serial")
+    db["certificates"].create_index(["cn"])
+
+
+CERT_WARN = timedelta(days=30)
+
+
 # a station's command moves forward only: a late "accepted" never hides a "done"
 COMMAND_STATES = {"targeted": 0, "accepted": 1, "started": 2, "done": 3, "failed": 3,
                   "refused": 3}
@@ -408,6 +420,38 @@ class HubStore:
                     "detail": f"mất kết nối từ {show(since)} (offline since {since})",
                     "raised_at": iso(parse_iso(since) + timedelta(seconds=grace_s)),
                     "historical": 0})
+
+    def add_certificate(self, serial: int, cn: str, kind: str, not_after: datetime,
+                        now: datetime) -> None:
+        with self.lock, write(self.db):
+            self.db.execute("INSERT OR REPLACE INTO certificates VALUES (?, ?, ?, ?, ?, NULL)",
+                            [str(serial), cn, kind, iso(not_after), iso(now)])
+
+    def sync_certificate_alarms(self, now: datetime) -> None:
+        """A ``cert_expiry`` alarm for every certificate in use that expires within 30 days
+        (on the station it belongs to; the CA's, the broker's and the hub's on ``hub``),
+        cleared once no such certificate is left (renewed or revoked)."""
+        due: dict[str, list[str]] = {}
+        for cn, kind, not_after in self.db.execute(
+                "SELECT cn, kind, not_after FROM certificates WHERE revoked_at IS NULL AND "
+                "not_after <= ? AND serial NOT IN (SELECT c2.serial FROM certificates c2 "
+                "WHERE EXISTS (SELECT 1 FROM certificates c3 WHERE c3.cn = c2.cn AND "
+                "c3.kind = c2.kind AND c3.revoked_at IS NULL AND c3.not_after > ?))",
+                [iso(now + CERT_WARN), iso(now + CERT_WARN)]).fetchall():
+            owner = cn if kind == "station" else "hub"
+            due.setdefault(owner, []).append(
+                f"chứng chỉ {kind} {cn} hết hạn {show(not_after)} (expires {not_after})")
+        with self.lock, write(self.db):
+            for sid, code_detail in due.items():
+                if not self.db.execute("SELECT 1 FROM alarms WHERE station_id = ? AND code = "
+                                       "'cert_expiry' AND cleared_at IS NULL", [sid]).fetchone():
+                    self.db["alarms"].insert({"station_id": sid, "code": "cert_expiry",
+                                              "detail": "; ".join(code_detail)[:500],
+                                              "raised_at": iso(now), "historical": 0})
+            still = ",".join("?" * len(due)) or "''"
+            self.db.execute(f"UPDATE alarms SET cleared_at = ? WHERE code = 'cert_expiry' AND "
+                            f"cleared_at IS NULL AND station_id NOT IN ({still})",
+                            [iso(now), *due])
 
     def _command_progress(self, sid: str, d: dict[str, Any], at: str) -> None:
         state = d.get("state")

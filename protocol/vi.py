@@ -11,4 +11,4 @@ ALARMS_VI = {"clock": "đồng hồ sai", "disk_full": "đầy bộ nhớ",
              "health.clock": "đồng hồ sai", "health.audio_device": "lỗi thiết bị âm thanh",
              "health.modem": "sóng 4G yếu", "emergency_message": "chưa có tin khẩn cấp",
              "offline": "trạm mất kết nối", "audio_corrupt": "tệp âm thanh hỏng",
-             "link": "mất kết nối"}
+             "link": "mất kết nối", "cert_expiry": "chứng chỉ sắp hết hạn"}

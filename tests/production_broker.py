@@ -15,7 +15,7 @@ from pathlib import Path
 from conftest import ROOT
 from deploy.broker import _spawn, _stop, _wait_listening, find_mosquitto, free_port
 from deploy.mosquitto_conf import HUB_CN
-from deploy.pki import Issued, issue, make_ca
+from deploy.pki import Issued, issue, make_ca, write_crl
 
 STOCK = Path("/etc/mosquitto/mosquitto.conf")
 
@@ -36,6 +36,8 @@ class ProductionBroker:
         self.ca = make_ca(self.base / "etc" / "loaxa")
         self.server = issue(self.ca, self.base / "etc" / "loaxa", "broker", server=True,
                             hosts=("localhost", "127.0.0.1"))
+        self.crl = self.base / "etc" / "loaxa" / "crl.pem"
+        write_crl(self.ca, self.crl, [])
         self.proc: subprocess.Popen | None = None
         self.log = root / "mosquitto.out"
 
@@ -49,7 +51,7 @@ class ProductionBroker:
         this broker's own CA), installed as docs/deploy.md says: copied to the broker's
         folder, the key its own. Before ``start``."""
         etc = self.base / "etc" / "loaxa"
-        for name in ("ca.crt", "broker.crt", "broker.key"):
+        for name in ("ca.crt", "broker.crt", "broker.key", "crl.pem"):
             shutil.copy(folder / name, etc / name)
         self.ca = Issued(etc / "ca.crt", folder / "ca.key")
         self.server = Issued(etc / "broker.crt", etc / "broker.key")
@@ -72,6 +74,7 @@ class ProductionBroker:
         ours = ours.replace("/etc/loaxa/broker.crt", str(self.server.cert))
         ours = ours.replace("/etc/loaxa/broker.key", str(self.server.key))
         ours = ours.replace("/etc/mosquitto/loaxa.acl", str(self.etc / "loaxa.acl"))
+        ours = ours.replace("/etc/loaxa/crl.pem", str(self.crl))
         (self.etc / "conf.d" / "loaxa.conf").write_text(ours)
         shutil.copy(ROOT / "deploy" / "mosquitto" / "loaxa.acl", self.etc / "loaxa.acl")
         if os.geteuid() == 0:  # mosquitto drops to its own user, as it does from systemd
@@ -87,6 +90,14 @@ class ProductionBroker:
         self.proc = _spawn([exe, "-c", str(conf)], self.log)
         _wait_listening(self.proc, self.port, 10, self.log, "mosquitto (production config)")
         return self
+
+    def install_crl(self, crl: Path) -> None:
+        """As docs/security.md says after `hub station revoke`: the new list in place, then
+        the broker reloads (SIGHUP, what `systemctl reload mosquitto` sends)."""
+        import signal
+        shutil.copy(crl, self.crl)
+        self.crl.chmod(0o644)
+        self.proc.send_signal(signal.SIGHUP)
 
     def stop(self) -> None:
         _stop(self.proc, False)

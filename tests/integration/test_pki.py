@@ -118,3 +118,99 @@ def test_a_programme_plays_and_is_reported_over_tls_on_the_production_broker(tmp
     finally:
         fleet.stop()
         production.stop()
+
+
+def test_a_revoked_station_is_refused_by_the_broker_and_the_hub(tmp_path, capsys):
+    """`loaxa hub station revoke`: the station's certificate goes on the CA's CRL, which the
+    production broker takes on reload (SIGHUP), and the hub forgets its signing key. Another
+    station is not affected."""
+    from datetime import datetime, timedelta, timezone
+
+    from conftest import wait_for
+    from hub import config as hubconfig
+    from hub.store import HubStore
+    from protocol.mqtt import MqttLink
+
+    home = tmp_path / "hub"
+    production = ProductionBroker(tmp_path / "prod")
+    assert run("hub", "--home", home, "init", "--broker-port", str(production.port)) == 0
+    assert run("hub", "--home", home, "pki", "init", "--host", "127.0.0.1") == 0
+    toml = home / "hub.toml"
+    toml.write_text(toml.read_text().replace(
+        f"port = {production.port}", f'port = {production.port}\ntls_ca = "pki/ca.crt"\n'
+        'tls_cert = "pki/hub.crt"\ntls_key = "pki/hub.key"'))
+    for sid in ("xa-1", "xa-2"):
+        assert run("hub", "--home", home, "station", "add", sid, "--name", sid) == 0
+    production.use_hub_pki(home / "pki")
+    production.start()
+    try:
+        cfgs = {sid: station_config.load(home / "stations" / sid / "station.toml")
+                for sid in ("xa-1", "xa-2")}
+        kept = MqttLink(client_id="xa-2", broker=cfgs["xa-2"].broker,
+                        subscriptions=["loaxa/station/xa-2/cmd"])
+        kept.start()
+        assert kept.wait_connected(10)
+        assert_gets_in(cfgs["xa-1"].broker, "xa-1", [], "loaxa/station/xa-1/events")
+        capsys.readouterr()
+        assert run("hub", "--home", home, "station", "revoke", "xa-1") == 0
+        out = capsys.readouterr().out
+        assert "systemctl reload mosquitto" in out and "PRIVATE" not in out
+        production.install_crl(home / "pki" / "crl.pem")
+
+        def refused() -> object:
+            link = MqttLink(client_id="xa-1", broker=cfgs["xa-1"].broker, subscriptions=[])
+            link.start()
+            try:
+                link.wait_connected(3)
+                return link.failure if not link.connected.is_set() else None
+            finally:
+                link.stop()
+        failure = wait_for(refused, 15, "the broker to refuse the revoked certificate")
+        assert failure.cause == "certificate_refused", failure
+        print(f"\nrevoked station: {failure.cause} ({failure.detail})")
+        # the other station's certificate still gets in, and its open connection stays
+        assert_gets_in(cfgs["xa-2"].broker, "xa-2b", [], "loaxa/station/xa-2/events")
+        assert kept.connected.is_set()
+        kept.stop()
+        store = HubStore(hubconfig.load(home).db_path)
+        try:
+            assert store.station("xa-1")["public_key"] is None  # its messages: refused
+            rows = store.q("SELECT cn, revoked_at FROM certificates WHERE kind = 'station'")
+            assert {r["cn"]: bool(r["revoked_at"]) for r in rows} == {"xa-1": True,
+                                                                      "xa-2": False}
+        finally:
+            store.close()
+    finally:
+        production.stop()
+    assert run("hub", "--home", home, "station", "revoke", "khong-co") == 2
+
+
+def test_certificates_expiring_within_30_days_raise_an_alarm_until_renewed(tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    from hub import config as hubconfig
+    from hub.store import HubStore
+    home = tmp_path / "hub"
+    assert run("hub", "--home", home, "init") == 0
+    assert run("hub", "--home", home, "pki", "init", "--host", "127.0.0.1") == 0
+    assert run("hub", "--home", home, "station", "add", "xa-1", "--name", "Một") == 0
+    store = HubStore(hubconfig.load(home).db_path)
+    try:
+        now = datetime.now(timezone.utc)
+        store.sync_certificate_alarms(now)
+        assert not store.open_alarms()  # 825 days left: nothing to say
+        # 800 days on: the station's and the broker's/hub's certificates have 25 days left
+        later = now + timedelta(days=800)
+        store.sync_certificate_alarms(later)
+        alarms = {a["station_id"]: a["detail"] for a in store.open_alarms()}
+        assert set(alarms) == {"xa-1", "hub"}
+        assert "chứng chỉ station xa-1 hết hạn" in alarms["xa-1"]
+        assert "broker" in alarms["hub"] and "hub" in alarms["hub"]
+        store.sync_certificate_alarms(later)  # raised once, not again
+        assert len(store.open_alarms()) == 2
+        # the station's certificate renewed (a new one for the same name): its alarm clears
+        store.add_certificate(123456789, "xa-1", "station", later + timedelta(days=825), later)
+        store.sync_certificate_alarms(later)
+        assert {a["station_id"] for a in store.open_alarms()} == {"hub"}
+    finally:
+        store.close()

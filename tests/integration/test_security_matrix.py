@@ -145,6 +145,33 @@ def test_a_certificate_from_another_ca_is_refused(prod, tmp_path):
         "a home-made certificate for a real station id")
 
 
+def test_a_revoked_certificate_is_refused(prod, tmp_path):
+    """The CA's revocation list (what `loaxa hub station revoke` writes), reloaded by the
+    broker on SIGHUP: the revoked certificate is refused, the others still get in."""
+    import time
+    from datetime import datetime, timezone
+    from deploy.pki import serial_of, write_crl
+    gone = prod.client("xa-revoked")
+    c = Client(prod.port, cert=gone, ca=prod.ca.cert)
+    assert c.connect(), "the certificate was refused before its revocation"
+    c.close()
+    crl = write_crl(prod.ca, tmp_path / "crl.pem",
+                    [(serial_of(gone.cert), datetime.now(timezone.utc))])
+    prod.install_crl(crl)
+    deadline = time.monotonic() + 10
+    while True:  # the reload is asynchronous to the signal
+        c = Client(prod.port, cert=gone, ca=prod.ca.cert)
+        ok = c.connect()
+        c.close()
+        if not ok:
+            break
+        assert time.monotonic() < deadline, "the revoked certificate is still let in"
+        time.sleep(0.2)
+    _connect(prod, "xa-a").close()
+    row("connect with a revoked station's certificate", "refused (TLS handshake, CRL)",
+        "a stolen or decommissioned station box")
+
+
 def test_a_station_cannot_write_as_another_station_or_the_hub(prod):
     hub = _connect(prod, HUB_CN)
     a = _connect(prod, "xa-a")
