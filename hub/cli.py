@@ -194,6 +194,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                                   "report": "send state and health now"}[name])
         command_args(p)
         p.set_defaults(fn=cmd_simple, action=name.replace("-", "_"))
+    p = _leaf(hs, "backup", help="database (online), keys, content and configuration into "
+              "a folder, with a manifest of hashes; while the hub runs")
+    p.add_argument("dest", type=Path)
+    p.set_defaults(fn=cmd_backup)
+    p = _leaf(hs, "restore", help="a hub into --home from a backup folder (hashes checked; "
+              "versions and sequences moved past the lost hub's)")
+    p.add_argument("src", type=Path)
+    p.set_defaults(fn=cmd_restore)
+
     p = _leaf(hs, "web", help="the culture center's web console (Vietnamese)")
     p.add_argument("--addr", default="127.0.0.1:8080", help="HOST:PORT to listen on")
     p.add_argument("--secure-cookies", action="store_true",
@@ -227,6 +236,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("id")
     a.add_argument("--json", action="store_true")
     a.set_defaults(fn=cmd_command_show)
+
+
+def cmd_backup(args) -> int:
+    from .backup import backup
+    cfg = hubconfig.load(args.home)
+    m = backup(args.home, args.dest, now=make_clock(cfg.clock).now())
+    c = m["counts"]
+    print(f"Đã sao lưu hub vào {args.dest} / backed up: {c['stations']} trạm / stations, "
+          f"{c['content']} tệp âm thanh / audio files, {c['schedule_items']} mục lịch / items, "
+          f"{len(m['files'])} tệp / files (khóa mode 0600 / keys 0600)")
+    print("Giữ bản sao lưu như giữ khóa ký của hub / keep it as safe as the hub's signing key")
+    return 0
+
+
+def cmd_restore(args) -> int:
+    from .backup import restore
+    m = restore(args.src, args.home, now=make_clock(None).now())
+    print(f"Đã khôi phục hub vào {args.home} từ bản sao lưu {show(m['created_at'])} / restored "
+          f"from the backup of {m['created_at']}")
+    print(f"Bản phát mới bắt đầu từ phiên bản {m['bundle_min_version']} để các trạm nhận / "
+          f"programmes continue from version {m['bundle_min_version']} so stations accept them; "
+          f"then: loaxa hub --home {args.home} serve")
+    return 0
 
 
 def _web_thread(home: Path, addr: str):

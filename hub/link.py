@@ -361,13 +361,26 @@ class HubLink:
         """Desired state: a station holding an older programme gets the current one again
         (the broker may have lost the retained copy)."""
         latest = self.store.latest_bundle(sid)
-        if latest and int(summary.get("held_version") or 0) < latest["version"]:
+        held = int(summary.get("held_version") or 0)
+        if latest and held < latest["version"]:
             self._publish_latest(sid, latest)
             self._count("reconciled")
+        elif held > (latest["version"] if latest else 0) and \
+                self.store.station(sid) is not None:
+            # the station holds a version this hub never issued or issued as something else
+            # (a hub restored from a backup): a new one above it
+            issued = planner.issue_bundle(self.store, self.signer, sid, self.clock.now(),
+                                          self.quiet, above=held)
+            if issued is not None:
+                self.link.publish(self.topics.bundle(sid), issued.raw, retain=True)
+                self._count("reconciled.ahead")
 
     def _publish_latest(self, sid: str, latest: dict[str, Any] | None = None) -> None:
         latest = latest or self.store.latest_bundle(sid)
-        if latest:
+        # a hub restored from a backup never sends what it held then (a station may hold a
+        # newer one from the lost hub): the replan issues above the restore's floor
+        if latest and latest["version"] >= int(self.store.setting("bundle.min_version", "0")
+                                                or 0):
             self.link.publish(self.topics.bundle(sid), latest["raw"].encode("utf-8"),
                               retain=True)
 

@@ -118,16 +118,20 @@ def plan_station(store: HubStore, signer: Signer, sid: str, now: datetime,
 
 
 def issue_bundle(store: HubStore, signer: Signer, sid: str, now: datetime,
-                 quiet: QuietHours | None) -> Issued | None:
+                 quiet: QuietHours | None, *, above: int = 0) -> Issued | None:
     """``plan_station``, with the programme's audio beside the signed bytes (the hub pushes
-    shared audio after the bundles without parsing them again)."""
+    shared audio after the bundles without parsing them again). The version is above both
+    ``above`` (what the station says it holds, when that is more than this hub knows) and the
+    floor a restore sets (``hub.backup``): a station refuses a version it has seen."""
     prog = programme(store, sid, now, quiet)
     digest = hashlib.sha256(canonical(prog)).hexdigest()
     latest = store.latest_bundle(sid)
-    if latest and latest["digest"] == digest and \
+    floor = max(int(store.setting("bundle.min_version", "0") or 0), above + 1)
+    have = latest["version"] if latest else 0
+    if latest and latest["digest"] == digest and have >= floor and \
             parse_iso(latest["expires_at"]) - now > REISSUE_BEFORE:
         return None
-    version = (latest["version"] if latest else 0) + 1
+    version = max(have + 1, floor)
     body = {**prog, "version": version}
     raw = seal("bundle", body, signer=signer, seq=version, now=now, ttl=BUNDLE_TTL)
     store.add_bundle(sid, version, digest, now, now + BUNDLE_TTL, raw)

@@ -481,7 +481,8 @@ class HubStore:
     def next_command_seq(self, stream: str) -> int:
         """Within the caller's transaction: the next sequence number of a command stream."""
         key = f"cmdseq.{stream}"
-        n = int(self.setting(key, "0") or 0) + 1
+        # a restored hub continues above what the lost one may have issued (hub.backup)
+        n = max(int(self.setting(key, "0") or 0), int(self.setting("cmdseq.floor", "0") or 0)) + 1
         self.db["settings"].upsert({"key": key, "value": str(n)}, pk="key")
         return n
 
