@@ -15,6 +15,7 @@ from protocol import chunks
 from protocol.clock import Clock, iso, parse_iso
 from protocol.envelope import KeyRing, Reason, Refused, Signer, public_from_text, seal, verify
 from protocol.mqtt import BrokerConfig, Inbound, MqttLink, Will
+from protocol.sdnotify import Notifier
 from protocol.storage import write
 from protocol.topics import Topics
 from schedules.model import QuietHours
@@ -81,11 +82,17 @@ class HubLink:
         self.link.stop()
 
     def run(self, stop: threading.Event) -> None:
+        """Under systemd ``Type=notify``: ready once started, a watchdog ping from this loop
+        (deploy/systemd/loaxa-hub.service)."""
+        notify = Notifier()
         self.start()
+        notify.ready("hub serving")
         try:
             while not stop.is_set():
                 self.step(wait=0.1)
+                notify.watchdog()
         finally:
+            notify.stopping()
             self.stop()
 
     def step(self, wait: float = 0.0) -> None:

@@ -21,6 +21,7 @@ from protocol import chunks
 from protocol.clock import Clock, iso, make_clock, parse_iso
 from protocol.envelope import KeyRing, Reason, Refused, Signer, public_from_text, seal, verify
 from protocol.mqtt import Inbound, MqttLink, Will
+from protocol.sdnotify import Notifier
 from protocol.storage import write
 from protocol.topics import Topics
 from schedules import Item, occurrences
@@ -175,12 +176,19 @@ class Agent:
         self.store.close()
 
     def run(self, stop: threading.Event) -> None:
+        """The agent's own loop, under systemd ``Type=notify``: ready once started, then a
+        watchdog ping from this loop only, so a hung step stops the pings and systemd
+        restarts the agent (``WatchdogSec`` in deploy/systemd/loaxa-agent.service)."""
+        notify = Notifier()
         self.start()
+        notify.ready(f"station {self.id}")
         try:
             while not stop.is_set():
                 self.step()
+                notify.watchdog()
                 stop.wait(0.05)
         finally:
+            notify.stopping()
             self.stop()
 
     def step(self, *, light: bool = False) -> None:
