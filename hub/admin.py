@@ -110,7 +110,23 @@ def add_station(cfg: hubconfig.HubConfig, sid: str, *, name: str, groups: list[s
         "[hardware]", 'backend = "simulated"', *REFERENCE_WIRING, "",
     ])
     (out / "station.toml").write_text(text, encoding="utf-8")
+    _pack(out)
     return out / "station.toml"
+
+
+def _pack(folder: Path) -> Path:
+    """The enrolment as one file to copy to the Pi (`sudo loaxa agent enrol ID.tar.gz`):
+    0600, since it holds the station's TLS key."""
+    import tarfile
+    path = folder.parent / f"{folder.name}.tar.gz"
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w:gz") as tar:
+        for p in sorted(folder.iterdir()):
+            if p.is_file() and p.suffix in (".toml", ".crt", ".key"):
+                tar.add(p, arcname=f"{folder.name}/{p.name}")
+    os.replace(tmp, path)
+    return path
 
 
 PKI_DIR = "pki"

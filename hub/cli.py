@@ -353,8 +353,10 @@ def cmd_station_add(args) -> int:
     path = add_station(cfg, args.id, name=args.name, groups=args.group, out=out,
                        public_key=args.public_key)
     print(f"Đã thêm trạm {args.id}; gói đăng ký / enrolment: {path.parent}")
+    print(f"Tệp đăng ký / enrolment file: {path.parent.parent / (path.parent.name + '.tar.gz')} "
+          f"(0600)")
     if not args.public_key:
-        print(f"Trên trạm chạy / on the station run: loaxa agent keygen --config station.toml\n"
+        print(f"Trên trạm chạy / on the station run: sudo loaxa agent enrol {args.id}.tar.gz\n"
               f"rồi ở hub / then here: loaxa hub station key {args.id} <khóa công khai / "
               f"public key>")
     return 0

@@ -28,6 +28,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                       "public key for `loaxa hub station key`")
     p.add_argument("--config", type=Path, required=True)
     p.set_defaults(fn=cmd_keygen)
+    p = sa.add_parser("enrol", help="make this system the station of an enrolment (as root): "
+                      "user, /etc/loaxa, key, systemd unit, chrony")
+    p.add_argument("enrolment", type=Path, help="the folder or .tar.gz `hub station add` wrote")
+    p.add_argument("--root", type=Path, default=Path("/"),
+                   help="write into this directory instead of the system (a scratch root)")
+    p.add_argument("--audio-device", help="ALSA device (default: as the enrolment says)")
+    p.add_argument("--hub-ntp", help="the hub's NTP server (default: the broker's host)")
+    p.set_defaults(fn=cmd_enrol)
     p = sa.add_parser("status", help="this station's own state: what plays now and next, and "
                       "why something does not play")
     p.add_argument("--config", type=Path, required=True)
@@ -55,6 +63,23 @@ def cmd_check(args) -> int:
     if problems:
         raise config.ConfigError(f"{args.config}:\n  " + "\n  ".join(map(str, problems)))
     print(f"{args.config}: OK ({cfg.station_id}, broker {cfg.broker!r})")
+    return 0
+
+
+def cmd_enrol(args) -> int:
+    import os
+    from .enrol import enrol
+    if args.root == Path("/") and os.geteuid() != 0:
+        raise config.ConfigError("cần quyền root: sudo loaxa agent enrol … / run as root")
+    e = enrol(args.enrolment, root=args.root, audio_device=args.audio_device,
+              hub_ntp=args.hub_ntp)
+    print(f"Đã đăng ký trạm {e.station_id} / enrolled: {e.config}")
+    print(f"  bo mạch / board: {e.model or 'không rõ / unknown'} → {e.backend}")
+    print(f"  người dùng loaxa / user: {'đã tạo / created' if e.users_created else 'xem / see'} "
+          f"/etc/sysusers.d/loaxa.conf; dịch vụ / unit: {e.unit}")
+    print(f"Khóa công khai / public key: {e.public_key}")
+    print(f"Ở hub / at the hub: loaxa hub station key {e.station_id} {e.public_key}")
+    print("Rồi / then: sudo systemctl enable --now loaxa-agent")
     return 0
 
 

@@ -44,7 +44,7 @@ def test_the_station_makes_its_own_key_and_the_hub_keeps_only_the_public_half(ho
     assert run("hub", "--home", home, "station", "add", "xa-k", "--name", "Đài xã K") == 0
     folder = home / "stations" / "xa-k"
     assert not (folder / "station.key").exists()  # the hub never made or kept it
-    assert "loaxa agent keygen" in capsys.readouterr().out
+    assert "sudo loaxa agent enrol xa-k.tar.gz" in capsys.readouterr().out
     assert run("agent", "keygen", "--config", folder / "station.toml") == 0
     out = capsys.readouterr().out
     public = out.split("public key: ")[1].split()[0]
