@@ -50,6 +50,7 @@ NEXT_EVERY_S = 10.0         # how often the status file's "what plays next" is w
 ALARM_SEVERITY = {"clock": 2, "audio_device": 2, "audio_corrupt": 2, "amplifier": 2, "relay": 2,
                   "disk_full": 2, "no_sound": 2, "emergency_message": 1}
 SIM_FAULTS = "sim-faults.json"   # `loaxa agent fault` writes it; simulated boards only
+ACTIONS_DIR = "actions"          # the station console's actions (station_agent/console.py)
 _CONNECTED = Inbound("$local/connected", b"", False)
 
 
@@ -217,7 +218,8 @@ class Agent:
         if light:  # reports: flush_due(), after the fleet has stepped every busy station
             phases = [tick, self._request_audio] if self._fetching else [tick]
         else:
-            phases = [self._sim_faults, self._buttons, self._try_activate, tick,
+            phases = [self._sim_faults, self._buttons, self._console_actions, self._try_activate,
+                      tick,
                       self._request_audio, self._flush_reports, self._sample_health,
                       self._heartbeat, self._leds, self._write_status]
         for phase in phases:
@@ -336,17 +338,55 @@ class Agent:
                 name, pressed = self.board.presses.get_nowait()
             except Exception:
                 return
-            now = self.clock.now()
-            self.store.event("button", {"button": name, "pressed": pressed}, now)
-            if not pressed:
-                continue
+            self._press(name, pressed, "button")
+
+    def _console_actions(self) -> None:
+        """Actions from the station's own web console (`loaxa agent console`): files it drops
+        in ``data/actions/``, applied in order and recorded and reported like a press of the
+        button they stand for (``source``: console), then removed."""
+        folder = self.store.dir / ACTIONS_DIR
+        try:
+            names = sorted(n for n in os.listdir(folder) if n.endswith(".json"))
+        except FileNotFoundError:
+            return
+        for name in names:
+            path = folder / name
+            try:
+                a = json.loads(path.read_text())
+                action = a["action"]
+                if action == "volume":
+                    level = int(a["level"])
+                    if not 0 <= level <= 100:
+                        raise ValueError(level)
+                    self.player.volume = level / 100
+                    self.store.put("volume.level", level)
+                    self.store.event("button", {"button": "volume", "pressed": True,
+                                                "level": level, "source": "console",
+                                                "by": str(a.get("by", ""))[:40]},
+                                     self.clock.now())
+                elif action in ("stop", "emergency", "live_mic"):
+                    self._press(action, True, "console", str(a.get("by", ""))[:40])
+                else:
+                    raise ValueError(action)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("console action %s refused: %s", name, exc)
+                self.store.bump("refused.console_action")
+            path.unlink(missing_ok=True)
+
+    def _press(self, name: str, pressed: bool, source: str, by: str = "") -> None:
+        now = self.clock.now()
+        data = {"button": name, "pressed": pressed}
+        if source != "button":
+            data.update(source=source, by=by)
+        self.store.event("button", data, now)
+        if pressed:
             if name == "stop":
-                self.runner.stop("stopped with the stop button at the station")
+                self.runner.stop(f"stopped at the station ({source})")
             elif name == "emergency":
                 active = self.store.active_bundle()
                 sha = (active[1] if active else {}).get("emergency")
                 if sha and self.store.has_audio(sha):  # hash-checked again before air
-                    self.runner.play_now(sha, "local emergency message (button)")
+                    self.runner.play_now(sha, f"local emergency message ({source})")
                 else:
                     self.alarm("emergency_message", True, "no stored emergency message")
             elif name == "live_mic":

@@ -35,7 +35,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="write into this directory instead of the system (a scratch root)")
     p.add_argument("--audio-device", help="ALSA device (default: as the enrolment says)")
     p.add_argument("--hub-ntp", help="the hub's NTP server (default: the broker's host)")
+    p.add_argument("--pin", help="the PIN of the station's web page (`agent console`)")
     p.set_defaults(fn=cmd_enrol)
+    p = sa.add_parser("console", help="the station's own web page (LAN, Vietnamese, PIN)")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--addr", default="0.0.0.0:8081", help="HOST:PORT (the station's LAN)")
+    p.set_defaults(fn=cmd_console)
+    p = sa.add_parser("pin", help="set the PIN of the station's web page")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--pin", help="the PIN (asked for when not given)")
+    p.set_defaults(fn=cmd_pin)
     p = sa.add_parser("status", help="this station's own state: what plays now and next, and "
                       "why something does not play")
     p.add_argument("--config", type=Path, required=True)
@@ -72,14 +81,34 @@ def cmd_enrol(args) -> int:
     if args.root == Path("/") and os.geteuid() != 0:
         raise config.ConfigError("cần quyền root: sudo loaxa agent enrol … / run as root")
     e = enrol(args.enrolment, root=args.root, audio_device=args.audio_device,
-              hub_ntp=args.hub_ntp)
+              hub_ntp=args.hub_ntp, pin=args.pin)
     print(f"Đã đăng ký trạm {e.station_id} / enrolled: {e.config}")
     print(f"  bo mạch / board: {e.model or 'không rõ / unknown'} → {e.backend}")
     print(f"  người dùng loaxa / user: {'đã tạo / created' if e.users_created else 'xem / see'} "
           f"/etc/sysusers.d/loaxa.conf; dịch vụ / unit: {e.unit}")
     print(f"Khóa công khai / public key: {e.public_key}")
     print(f"Ở hub / at the hub: loaxa hub station key {e.station_id} {e.public_key}")
-    print("Rồi / then: sudo systemctl enable --now loaxa-agent")
+    print("Rồi / then: sudo systemctl enable --now loaxa-agent loaxa-console")
+    return 0
+
+
+def cmd_console(args) -> int:
+    import uvicorn
+    from .console import create_console
+    host, _, port = args.addr.rpartition(":")
+    print(f"Trang tại trạm / station page: http://{args.addr}/", flush=True)
+    uvicorn.run(create_console(args.config), host=host or "0.0.0.0", port=int(port),
+                log_level="warning")
+    return 0
+
+
+def cmd_pin(args) -> int:
+    import getpass
+    from .console import set_pin
+    config.load(args.config)
+    pin = args.pin or getpass.getpass("Mã PIN mới / new PIN: ")
+    path = set_pin(args.config, pin)
+    print(f"Đã đặt mã PIN / PIN set ({path}, argon2)")
     return 0
 
 

@@ -112,10 +112,14 @@ def _ids(root: Path, user: str, groups: tuple[str, ...]) -> tuple[int, dict[str,
 
 
 def enrol(source: Path, *, root: Path = Path("/"), audio_device: str | None = None,
-          hub_ntp: str | None = None, exe: str | None = None) -> Enrolled:
+          hub_ntp: str | None = None, exe: str | None = None, pin: str | None = None
+          ) -> Enrolled:
     with tempfile.TemporaryDirectory() as tmp:
         folder = _unpack(source, Path(tmp))
         cfg = config.load(folder / "station.toml")  # refuses a broken enrolment before writing
+        if pin is not None:
+            from .console import check_pin
+            check_pin(pin)
         text = (folder / "station.toml").read_text(encoding="utf-8")
         model = read_model(root)
         backend = board_backend(model)
@@ -172,13 +176,17 @@ def enrol(source: Path, *, root: Path = Path("/"), audio_device: str | None = No
         os.chown(key, uid, gid)  # the agent's own key: its own
         for p in [data, *data.rglob("*")]:
             os.chown(p, uid, gid)
-    # the unit, pointing at this installation's `loaxa`
+    if pin is not None:  # the station console's PIN (argon2), readable by the service
+        from .console import set_pin
+        set_pin(etc / "station.toml", pin)
+        if ids and os.geteuid() == 0:
+            os.chown(etc / "console.pin", 0, ids[1]["loaxa"])
+    # the units, pointing at this installation's `loaxa`
     exe = exe or str(Path(sys.executable).parent / "loaxa")
-    unit_text = (Path(__file__).resolve().parents[1] / "deploy" / "systemd" /
-                 "loaxa-agent.service").read_text()
-    unit_text = unit_text.replace("/opt/loaxa/.venv/bin/loaxa", exe)
     (root / UNIT).parent.mkdir(parents=True, exist_ok=True)
-    (root / UNIT).write_text(unit_text)
+    for name in ("loaxa-agent.service", "loaxa-console.service"):
+        text = (Path(__file__).resolve().parents[1] / "deploy" / "systemd" / name).read_text()
+        (root / UNIT).with_name(name).write_text(text.replace("/opt/loaxa/.venv/bin/loaxa", exe))
     # time: the hub's NTP first (reachable when the Internet is not), the pool besides
     ntp = hub_ntp or cfg.broker.host
     (root / CHRONY).parent.mkdir(parents=True, exist_ok=True)

@@ -49,8 +49,8 @@ def test_enrol_a_pi4_into_a_scratch_root(enrolment, tmp_path, capsys):
     home, pack = enrolment
     root = _root(tmp_path, b"Raspberry Pi 4 Model B Rev 1.4\0")
     capsys.readouterr()
-    assert run("agent", "enrol", pack, "--root", root, "--audio-device", "plughw:CARD=Headphones"
-               ) == 0
+    assert run("agent", "enrol", pack, "--root", root, "--audio-device", "plughw:CARD=Headphones",
+               "--pin", "2580") == 0
     out = capsys.readouterr().out
     assert "loaxa hub station key xa-an-binh ed25519:" in out or "station key xa-an-binh" in out
     assert "PRIVATE" not in out
@@ -82,9 +82,13 @@ def test_enrol_a_pi4_into_a_scratch_root(enrolment, tmp_path, capsys):
     chrony = (root / "etc/chrony/conf.d/loaxa.conf").read_text()
     assert "server hub.vanhoa.local iburst prefer" in chrony and "pool " in chrony
     unit = root / "etc/systemd/system/loaxa-agent.service"
-    assert "Type=notify" in unit.read_text()
+    console = unit.with_name("loaxa-console.service")
+    assert "Type=notify" in unit.read_text() and "agent console" in console.read_text()
+    assert (etc / "console.pin").read_text().startswith("$argon2")
+    assert "2580" not in (etc / "console.pin").read_text()
     if ANALYZE:
-        r = subprocess.run([ANALYZE, "verify", str(unit)], capture_output=True, text=True)
+        r = subprocess.run([ANALYZE, "verify", str(unit), str(console)], capture_output=True,
+                           text=True)
         assert r.returncode == 0 and not r.stderr.strip(), r.stderr
     # enrolling again over it is refused, and nothing is changed
     before = (etc / "station.key").read_bytes()

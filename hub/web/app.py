@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlencode
 
-from asgi_csrf import asgi_csrf
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import (FileResponse, HTMLResponse, PlainTextResponse, RedirectResponse,
                                Response)
@@ -36,6 +35,7 @@ from ..config import HubConfig, HubError
 from ..config import load as load_config
 from ..display import HEALTH_VI, OUTCOMES_VI, parse_when
 from ..store import HubStore
+from .csrf import csrf_protected
 
 HERE = Path(__file__).parent
 SESSION_HOURS = 12
@@ -782,28 +782,8 @@ def create_app(home: Path, *, clock: Clock | None = None, secure_cookies: bool =
     inner: Any = SessionMiddleware(app, secret_key=_secret(home), session_cookie="loaxa_session",
                                    max_age=SESSION_HOURS * 3600, same_site="strict",
                                    https_only=secure_cookies)
-    wrapped = asgi_csrf(inner, signing_secret=_secret(home) + ":csrf",
-                        always_protect={"/login", "/logout"}, cookie_secure=secure_cookies,
-                        cookie_samesite="Strict")
-
-    async def guarded(scope, receive, send) -> None:
-        """asgi-csrf compares tokens with ``secrets.compare_digest``, which raises TypeError
-        on a non-ASCII token: a forged form would be a 500. It is a refusal like any other."""
-        started = False
-
-        async def watch(event) -> None:
-            nonlocal started
-            started = started or event["type"] == "http.response.start"
-            await send(event)
-        try:
-            await wrapped(scope, receive, watch)
-        except TypeError as exc:
-            if started or "non-ASCII" not in str(exc):
-                raise
-            await send({"type": "http.response.start", "status": 403,
-                        "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
-            await send({"type": "http.response.body",
-                        "body": "Mã CSRF không hợp lệ / CSRF token invalid".encode()})
+    guarded = csrf_protected(inner, _secret(home) + ":csrf", secure=secure_cookies,
+                             always={"/login", "/logout"})
     guarded.state = app.state  # type: ignore[attr-defined]  # tests reach the store
     return guarded
 
