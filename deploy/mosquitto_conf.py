@@ -16,7 +16,7 @@ def render_acl(prefix: str = "loaxa", hub_cn: str = HUB_CN) -> str:
     # test found it)
     shared = [f"pattern read {p}/all/cmd", f"pattern read {p}/group/+/cmd",
               f"pattern read {p}/all/audio", f"pattern read {p}/group/+/audio",
-              f"pattern read {p}/hub/state"]
+              f"pattern read {p}/hub/state", f"pattern read {p}/hub/key"]
     station = [f"pattern read {p}/station/%u/{leaf}" for leaf in ("bundle", "cmd", "audio", "ack")]
     station += [f"pattern write {p}/station/%u/{leaf}"
                 for leaf in ("state", "events", "health", "fetch")]
@@ -28,7 +28,7 @@ def render_acl(prefix: str = "loaxa", hub_cn: str = HUB_CN) -> str:
         "",
         "# Every client (`pattern` lines apply to all; `topic` lines before the first `user`",
         "# would apply only to anonymous clients, which this broker refuses) may read what",
-        "# the hub sends to all and to groups, and the hub's presence:",
+        "# the hub sends to all and to groups, the hub's presence and its key rotation:",
         *shared,
         "",
         "# Every other client is a station whose certificate CN is its station id (%u).",

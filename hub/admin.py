@@ -206,6 +206,53 @@ def revoke_station(cfg: hubconfig.HubConfig, sid: str, *, now) -> Path:
         store.close()
 
 
+def rotate_hub_key(cfg: hubconfig.HubConfig, *, now) -> dict:
+    """A new signing key for the hub, endorsed by the current one (protocol/hubkeys.py). The
+    old key is kept beside it (``hub.key.<kid>``, 0600) and the running hub takes the new one
+    within seconds: it announces it (retained), re-signs every programme, and retires the old
+    key once every station has confirmed the new one."""
+    from protocol import hubkeys
+    old = Signer.load(cfg.key_path, cfg.hub_id)
+    new = Signer.generate(cfg.hub_id)
+    store = HubStore(cfg.db_path)
+    try:
+        chain = json.loads(store.setting("hubkey.chain") or "[]")
+        chain.append(hubkeys.endorse(old, new))
+        seq = int(store.setting("hubkey.seq") or 0) + 1
+        raw = hubkeys.announce(chain, [], signer=new, seq=seq, now=now)
+        archive = cfg.key_path.with_name(f"hub.key.{old.kid}")
+        if not archive.exists():
+            os.link(cfg.key_path, archive)  # the old key kept (same file, same mode 0600)
+        staged = cfg.key_path.with_name("hub.key.new")
+        staged.unlink(missing_ok=True)
+        new.save(staged)
+        with store.lock, write(store.db):
+            # bundles from before the signing key was recorded were signed by the old key
+            store.db.execute("UPDATE bundles SET kid = ? WHERE kid IS NULL", [old.kid])
+            for key, value in (("hubkey.chain", json.dumps(chain)), ("hubkey.seq", str(seq)),
+                               ("hubkey.raw", raw.decode("utf-8")), ("hubkey.kid", new.kid),
+                               ("hubkey.retired", "")):
+                store.db["settings"].upsert({"key": key, "value": value}, pk="key")
+        # then the key itself: the running hub takes it once file and announcement agree
+        os.replace(staged, cfg.key_path)
+        return {"old": old.kid, "new": new.kid, "seq": seq, "archive": archive}
+    finally:
+        store.close()
+
+
+def key_status(store: HubStore) -> dict:
+    """The current rotation: which stations confirmed the new key, and whether the old ones
+    are retired."""
+    kid = store.setting("hubkey.kid")
+    rows = store.q("SELECT s.id, st.hub_kid FROM stations s LEFT JOIN station_state st ON "
+                   "st.station_id = s.id WHERE s.public_key IS NOT NULL ORDER BY s.id")
+    confirmed = [r["id"] for r in rows if kid and r["hub_kid"] == kid]
+    return {"kid": kid, "seq": int(store.setting("hubkey.seq") or 0),
+            "stations": len(rows), "confirmed": len(confirmed),
+            "waiting": [r["id"] for r in rows if r["id"] not in confirmed],
+            "retired": store.setting("hubkey.retired") or ""}
+
+
 def set_station_key(cfg: hubconfig.HubConfig, sid: str, public_key: str) -> None:
     """Record the public key a station made for itself (`loaxa agent keygen`)."""
     public = _check_public(public_key)

@@ -194,6 +194,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                                   "report": "send state and health now"}[name])
         command_args(p)
         p.set_defaults(fn=cmd_simple, action=name.replace("-", "_"))
+    p = _leaf(hs, "key", help="the hub's signing key: rotate it, see who trusts the new one")
+    ks2 = p.add_subparsers(dest="key_cmd", required=True)
+    a = _leaf(ks2, "rotate", help="a new key, endorsed by the current one; the old one is "
+              "retired once every station has confirmed")
+    a.set_defaults(fn=cmd_key_rotate)
+    a = _leaf(ks2, "status", help="stations that confirmed the new key; retired keys")
+    a.set_defaults(fn=cmd_key_status)
+
     p = _leaf(hs, "backup", help="database (online), keys, content and configuration into "
               "a folder, with a manifest of hashes; while the hub runs")
     p.add_argument("dest", type=Path)
@@ -236,6 +244,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("id")
     a.add_argument("--json", action="store_true")
     a.set_defaults(fn=cmd_command_show)
+
+
+def cmd_key_rotate(args) -> int:
+    from .admin import rotate_hub_key
+    cfg = hubconfig.load(args.home)
+    r = rotate_hub_key(cfg, now=make_clock(cfg.clock).now())
+    print(f"Khóa ký mới / new signing key {r['new']} (lần xoay / rotation {r['seq']}), "
+          f"khóa cũ / old key {r['old']} giữ tại / kept at {r['archive']}")
+    print("Hub đang chạy sẽ dùng khóa mới trong vài giây và ngừng tin khóa cũ khi mọi trạm đã "
+          "xác nhận / the running hub takes it within seconds and retires the old key once "
+          f"every station has confirmed: loaxa hub --home {args.home} key status")
+    return 0
+
+
+def cmd_key_status(args) -> int:
+    from .admin import key_status
+    with _open(args) as (cfg, store, now):
+        st = key_status(store)
+    if not st["kid"]:
+        print("Chưa xoay khóa / no rotation yet")
+        return 0
+    print(f"Khóa / key {st['kid']} (lần / rotation {st['seq']}): {st['confirmed']}/"
+          f"{st['stations']} trạm đã xác nhận / stations confirmed")
+    if st["waiting"]:
+        print("Chưa xác nhận / waiting: " + ", ".join(st["waiting"][:50]))
+    print(f"Khóa đã ngừng tin / retired: {st['retired'] or 'chưa / not yet'}")
+    return 0
 
 
 def cmd_backup(args) -> int:
@@ -548,7 +583,7 @@ def cmd_serve(args) -> int:
             svc = HubLink(store=store, signer=Signer.load(cfg.key_path, cfg.hub_id),
                           topics=Topics(cfg.prefix), broker=cfg.broker,
                           clock=make_clock(cfg.clock), quiet=cfg.quiet,
-                          offline_alarm_s=cfg.offline_alarm_s)
+                          offline_alarm_s=cfg.offline_alarm_s, key_path=cfg.key_path)
             stop = threading.Event()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: stop.set())

@@ -9,6 +9,7 @@ import logging
 import queue
 import threading
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from protocol import chunks
@@ -37,8 +38,11 @@ _CONNECTED = Inbound("$local/connected", b"", False)
 class HubLink:
     def __init__(self, *, store: HubStore, signer: Signer, topics: Topics, broker: BrokerConfig,
                  clock: Clock, quiet: QuietHours | None = None,
-                 offline_alarm_s: float = 300.0) -> None:
+                 offline_alarm_s: float = 300.0, key_path: Path | None = None) -> None:
+        """``key_path``: where `hub key rotate` puts a new signing key for this hub to take."""
         self.store = store
+        self.key_path = key_path
+        self._key_kid = store.setting("hubkey.kid")
         self.offline_alarm_s = offline_alarm_s
         self._watched = -1e9
         self._failure_shown: object = ()
@@ -128,9 +132,41 @@ class HubLink:
                 {"cause": f.cause, "detail": f.detail, "since": iso(now)} if f else None))
         self.store.set_setting("serve.alive_at", iso(now))
         self.store.sync_offline_alarms(now, self.offline_alarm_s)
+        self._follow_key_rotation(now)
         if self._watched - self._certs_checked >= CERTS_EVERY_S:
             self._certs_checked = self._watched
             self.store.sync_certificate_alarms(now)
+
+    def _follow_key_rotation(self, now) -> None:
+        """`hub key rotate` ran: sign with the new key from now on, announce it (retained),
+        and re-sign every programme. Once every station has confirmed it, retire the old
+        keys: a new announcement that names them (stations drop them)."""
+        kid = self.store.setting("hubkey.kid")
+        if kid and kid != self._key_kid and self.key_path is not None:
+            signer = Signer.load(self.key_path, self.signer.sender)
+            if signer.kid != kid:
+                return  # the key file and its announcement are not both in place yet
+            self.signer, self._key_kid = signer, kid
+            self.link.publish(self.topics.hub_key(),
+                              self.store.setting("hubkey.raw").encode("utf-8"), retain=True)
+            log.info("signing with the new hub key %s", kid)
+            self.replan_if_changed(force=True)
+        if kid and kid == self._key_kid and not self.store.setting("hubkey.retired"):
+            from .admin import key_status
+            st = key_status(self.store)
+            if st["stations"] and not st["waiting"]:
+                from protocol import hubkeys
+                chain = json.loads(self.store.setting("hubkey.chain") or "[]")
+                old = sorted({link["by"] for link in chain} - {kid})
+                seq = st["seq"] + 1
+                raw = hubkeys.announce(chain, old, signer=self.signer, seq=seq, now=now)
+                with self.store.lock, write(self.store.db):
+                    for key, value in (("hubkey.raw", raw.decode("utf-8")),
+                                       ("hubkey.seq", str(seq)),
+                                       ("hubkey.retired", ",".join(old))):
+                        self.store.db["settings"].upsert({"key": key, "value": value}, pk="key")
+                self.link.publish(self.topics.hub_key(), raw, retain=True)
+                log.info("every station trusts hub key %s: retired %s", kid, old)
 
     # -- planning --------------------------------------------------------------------------
     def replan_if_changed(self, force: bool = False) -> int:
@@ -228,6 +264,9 @@ class HubLink:
         self.link.publish(self.topics.hub_state(), self._seal(
             "hub_state", {"online": True, "time": iso(self.clock.now())}, timedelta(days=30),
             self.link.bdseq), retain=True)
+        raw = self.store.setting("hubkey.raw")
+        if raw:  # the key rotation, for stations that connect later (a broker may lose it)
+            self.link.publish(self.topics.hub_key(), raw.encode("utf-8"), retain=True)
 
     # -- incoming --------------------------------------------------------------------------
     def _ring(self, sid: str) -> KeyRing | None:

@@ -129,11 +129,12 @@ def issue_bundle(store: HubStore, signer: Signer, sid: str, now: datetime,
     floor = max(int(store.setting("bundle.min_version", "0") or 0), above + 1)
     have = latest["version"] if latest else 0
     if latest and latest["digest"] == digest and have >= floor and \
+            latest.get("kid") in (None, signer.kid) and \
             parse_iso(latest["expires_at"]) - now > REISSUE_BEFORE:
-        return None
+        return None  # unchanged, signed by the current key, not about to expire
     version = max(have + 1, floor)
     body = {**prog, "version": version}
     raw = seal("bundle", body, signer=signer, seq=version, now=now, ttl=BUNDLE_TTL)
-    store.add_bundle(sid, version, digest, now, now + BUNDLE_TTL, raw)
+    store.add_bundle(sid, version, digest, now, now + BUNDLE_TTL, raw, signer.kid)
     log.info("bundle %s v%d: %d items", sid, version, len(prog["items"]))
     return Issued(raw, prog["content"])

@@ -192,6 +192,14 @@ def m009_certificates(db) -> None:
     db["certificates"].create_index(["cn"])
 
 
+@migrations
+def m010_key_rotation(db) -> None:
+    """Which hub key signed each bundle (a rotation re-signs them) and which hub key each
+    station last confirmed it trusts."""
+    db["bundles"].add_column("kid", str)
+    db["station_state"].add_column("hub_kid", str)
+
+
 CERT_WARN = timedelta(days=30)
 
 
@@ -334,15 +342,15 @@ class HubStore:
         return rows[0] if rows else None
 
     def add_bundle(self, sid: str, version: int, digest: str, issued: datetime,
-                   expires: datetime, raw: bytes) -> None:
+                   expires: datetime, raw: bytes, kid: str | None = None) -> None:
         """The new version, and only the one before it kept besides (what a station may still
         be activating): bundles are re-signed for every change, and a fleet's history of them
         would grow without end."""
         with self.lock, write(self.db):
             self.db.execute("INSERT INTO bundles(station_id, version, digest, issued_at, "
-                            "expires_at, raw) VALUES (?, ?, ?, ?, ?, ?)",
+                            "expires_at, raw, kid) VALUES (?, ?, ?, ?, ?, ?, ?)",
                             [sid, version, digest, iso(issued), iso(expires),
-                             raw.decode("utf-8")])
+                             raw.decode("utf-8"), kid])
             self.db.execute("DELETE FROM bundles WHERE station_id = ? AND version < ?",
                             [sid, version - KEEP_BUNDLE_VERSIONS + 1])
 
@@ -383,6 +391,9 @@ class HubStore:
                     self._alarm_history(sid, d, e["at"], historical)
                 elif e["kind"] == "command" and isinstance(d.get("id"), str):
                     self._command_progress(sid, d, e["at"])
+                elif e["kind"] == "hubkey" and isinstance(d.get("kid"), str):
+                    self.db.execute("UPDATE station_state SET hub_kid = ? WHERE station_id = ?",
+                                    [d["kid"][:32], sid])
             self.db.execute("UPDATE station_state SET last_seen = ? WHERE station_id = ?",
                             [iso(now), sid])
         return new

@@ -134,6 +134,17 @@ class KeyRing:
     def get(self, kid: str) -> tuple[Ed25519PublicKey, str] | None:
         return self._keys.get(kid)
 
+    def remove(self, kid: str) -> None:
+        self._keys.pop(kid, None)
+
+    def kids(self) -> list[str]:
+        return list(self._keys)
+
+    def copy(self) -> "KeyRing":
+        ring = KeyRing()
+        ring._keys = dict(self._keys)
+        return ring
+
     def wrap(self, fn: Callable[[str, Ed25519PublicKey], Any]) -> None:
         """Replace each key by ``fn(kid, key)``, an object with the same ``verify`` (the
         simulated fleet shares one checked signature among its stations)."""

@@ -35,6 +35,10 @@ class Topics:
     def hub_state(self) -> str:
         return f"{self.prefix}/hub/state"
 
+    def hub_key(self) -> str:
+        """The hub's signing key rotation (retained; protocol/hubkeys.py)."""
+        return f"{self.prefix}/hub/key"
+
     def bundle(self, station: str) -> str:
         return f"{self.prefix}/station/{check_id(station, 'station')}/bundle"
 
@@ -85,7 +89,8 @@ class Topics:
         return [f"{self.prefix}/station/+/{leaf}" for leaf in ("state", "events", "health", "fetch")]
 
     def station_subscriptions(self, station: str, groups: tuple[str, ...] = ()) -> list[str]:
-        subs = [
+        subs = [  # the key rotation first: its retained message comes before what it signs
+            self.hub_key(),
             self.bundle(station), self.command(station), self.audio(station), self.ack(station),
             self.all_command(), self.target_audio("all"), self.hub_state(),
         ]

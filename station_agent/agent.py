@@ -5,6 +5,7 @@ else happens on the agent's own thread in ``step()``, so the store is used from 
 """
 from __future__ import annotations
 
+import collections
 import errno
 import json
 import logging
@@ -19,7 +20,9 @@ from hardware import Wiring, open_board
 from audio import AlsaPlayer, AudioError, check_device
 from protocol import chunks
 from protocol.clock import Clock, iso, make_clock, parse_iso
-from protocol.envelope import KeyRing, Reason, Refused, Signer, public_from_text, seal, verify
+from protocol import hubkeys
+from protocol.envelope import (KeyRing, Reason, Refused, Signer, parse, public_from_text, seal,
+                               verify)
 from protocol.mqtt import Inbound, MqttLink, Will
 from protocol.sdnotify import Notifier
 from protocol.storage import write
@@ -67,8 +70,9 @@ class Agent:
         self.topics = Topics(cfg.prefix)
         self.store = StationStore(cfg.data_dir)
         self.signer = Signer.load(cfg.station_key, f"station:{self.id}")
-        self.hub_keys = KeyRing()
-        self.hub_keys.add(public_from_text(cfg.hub_public), cfg.hub_sender)
+        self.hub_keys = self._load_hub_keys()
+        self._parked: collections.deque = collections.deque(maxlen=20)  # signed by a key
+        # not known yet (before its rotation's announcement): handled again once it is
         self.board = board or open_board(cfg.hardware_backend, Wiring.from_dict(cfg.wiring),
                                          sim=cfg.sim)
         self.player = player or AlsaPlayer(cfg.audio_device, alsa_config=cfg.alsa_config,
@@ -123,6 +127,35 @@ class Agent:
         self._faults_logged = False
         self._light_flush = -1e9
         self._presses_seen: dict[str, int] = {}
+
+    def _load_hub_keys(self) -> KeyRing:
+        """The hub keys this station trusts: the one its enrolment names, and those learnt
+        from key rotations since (protocol/hubkeys.py), less those retired."""
+        ring = KeyRing()
+        stored = self.store.get("hub.keys")
+        if stored:
+            for text in json.loads(stored).values():
+                ring.add(public_from_text(text), self.cfg.hub_sender)
+        else:
+            ring.add(public_from_text(self.cfg.hub_public), self.cfg.hub_sender)
+        return ring
+
+    def _on_hubkey(self, raw: bytes) -> None:
+        seq = int(self.store.get("hub.keys_seq") or 0)
+        if self.store.get("hub.keys_id") and parse(raw).get("id") == self.store.get("hub.keys_id"):
+            return  # the same announcement again (retained, reconnect)
+        env, ring = hubkeys.accept(raw, self.hub_keys, self.cfg.hub_sender, min_seq=seq + 1)
+        with write(self.store.db):
+            self.store.put("hub.keys", json.dumps(hubkeys.ring_state(ring)))
+            self.store.put("hub.keys_seq", str(env.seq))
+            self.store.put("hub.keys_id", env.id)
+            self.store.event("hubkey", {"kid": env.kid, "seq": env.seq,
+                                        "trusted": sorted(ring.kids())}, self.clock.now())
+        self.hub_keys = ring
+        log.info("hub key %s trusted (rotation %d); %d keys", env.kid, env.seq, len(ring.kids()))
+        parked, self._parked = list(self._parked), collections.deque(maxlen=20)
+        for msg in parked:  # what arrived signed by the new key before its announcement
+            self.handle(msg)
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -613,6 +646,10 @@ class Agent:
             return
         t = self.topics
         try:
+            if msg.topic == t.hub_key():
+                if msg.payload:
+                    self._on_hubkey(msg.payload)
+                return
             if msg.topic == t.bundle(self.id):
                 self._on_bundle(msg.payload, retained=msg.retain)
             elif msg.topic in self._audio_topics:
@@ -651,6 +688,8 @@ class Agent:
             else:
                 self._on_command(msg)
         except Refused as r:
+            if r.reason == Reason.UNKNOWN_KEY and msg.topic != t.hub_key():
+                self._parked.append(msg)  # a key rotation's announcement may follow
             self._refuse(r, msg.topic)
         except Exception as exc:  # a bug must not stop the station; it is reported
             log.exception("handling %s failed", msg.topic)

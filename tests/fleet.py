@@ -119,7 +119,7 @@ class Fleet:
         self._hub_store = HubStore(self.cfg.db_path)
         self.hub = HubLink(store=self._hub_store, signer=Signer.load(self.cfg.key_path, "hub"),
                               topics=Topics(self.cfg.prefix), broker=self.cfg.broker,
-                              clock=self.clock)
+                              clock=self.clock, key_path=self.cfg.key_path)
         self._hub_stop.clear()
         self._hub_thread = threading.Thread(target=self.hub.run, args=(self._hub_stop,),
                                             daemon=True)

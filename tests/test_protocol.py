@@ -146,3 +146,41 @@ def test_topics_refuse_wildcards():
     for bad in ("+", "#", "a/b", "", "x" * 65):
         with pytest.raises(BadIdentifier):
             t.bundle(bad)
+
+
+def test_hub_key_rotation_chain_forgery_and_replay():
+    """protocol/hubkeys.py: a station that trusts only the first key follows two rotations;
+    a forged endorsement, an older announcement and a malformed chain are refused."""
+    from datetime import datetime, timezone
+
+    from protocol import hubkeys
+    from protocol.envelope import KeyRing, Reason, Refused, Signer
+    now = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    k1, k2, k3 = (Signer.generate("hub") for _ in range(3))
+    ring = KeyRing()
+    ring.add(k1.public, "hub")
+    chain = [hubkeys.endorse(k1, k2), hubkeys.endorse(k2, k3)]
+    raw = hubkeys.announce(chain, [], signer=k3, seq=2, now=now)
+    env, new = hubkeys.accept(raw, ring, "hub", min_seq=1)
+    assert set(new.kids()) == {k1.kid, k2.kid, k3.kid} and env.kid == k3.kid
+    retire = hubkeys.announce(chain, [k1.kid, k2.kid], signer=k3, seq=3, now=now)
+    _, after = hubkeys.accept(retire, new, "hub", min_seq=3)
+    assert after.kids() == [k3.kid]
+    with pytest.raises(Refused) as e:  # the older announcement once a newer one is held
+        hubkeys.accept(raw, after, "hub", min_seq=4)
+    assert e.value.reason == Reason.REPLAYED
+    mallory = Signer.generate("hub")
+    forged = [{**hubkeys.endorse(mallory, k2), "by": k1.kid}]  # claims k1 endorsed it
+    with pytest.raises(Refused) as e:
+        hubkeys.accept(hubkeys.announce(forged, [], signer=k2, seq=5, now=now), ring, "hub",
+                       min_seq=1)
+    assert e.value.reason == Reason.BAD_SIGNATURE
+    with pytest.raises(Refused) as e:  # a key endorsed by nothing this station trusts
+        hubkeys.accept(hubkeys.announce([hubkeys.endorse(mallory, k2)], [], signer=k2, seq=5,
+                                        now=now), ring, "hub", min_seq=1)
+    assert e.value.reason == Reason.UNKNOWN_KEY
+    with pytest.raises(Refused) as e:
+        hubkeys.accept(hubkeys.announce("x", [], signer=k2, seq=5, now=now), ring, "hub",
+                       min_seq=1)
+    assert e.value.reason == Reason.MALFORMED
+    assert ring.kids() == [k1.kid]  # nothing refused changed what the station trusts

@@ -187,10 +187,12 @@ def test_a_station_cannot_write_as_another_station_or_the_hub(prod):
             f"PUBACK 0x{NOT_AUTHORISED:02X} not authorised", "one station speaking for another")
         for topic in ("loaxa/station/xa-a/bundle", "loaxa/station/xa-b/bundle",
                       "loaxa/all/cmd", "loaxa/group/g1/cmd", "loaxa/station/xa-b/cmd",
-                      "loaxa/all/audio", "loaxa/station/xa-a/ack", "loaxa/hub/state"):
+                      "loaxa/all/audio", "loaxa/station/xa-a/ack", "loaxa/hub/state",
+                      "loaxa/hub/key"):
             rc = a.publish(topic, b"forged", retain=True)
             assert rc == NOT_AUTHORISED, (topic, rc)
-        row("station A publishes as the hub (bundles, commands, audio, acks, hub state)",
+        row("station A publishes as the hub (bundles, commands, audio, acks, hub state, "
+            "key rotation)",
             f"PUBACK 0x{NOT_AUTHORISED:02X} not authorised", "a captured station taking the fleet")
         # nothing A tried changed what a newcomer reads
         probe = _connect(prod, HUB_CN)
@@ -271,7 +273,8 @@ def test_a_station_reads_what_the_hub_sends_to_all_and_to_groups(prod):
     hub = _connect(prod, HUB_CN)
     a = _connect(prod, "xa-a")
     shared = ["loaxa/all/cmd", "loaxa/all/audio", "loaxa/group/g1/cmd", "loaxa/group/g1/audio",
-              "loaxa/hub/state", "loaxa/station/xa-a/cmd", "loaxa/station/xa-a/audio",
+              "loaxa/hub/state", "loaxa/hub/key", "loaxa/station/xa-a/cmd",
+              "loaxa/station/xa-a/audio",
               "loaxa/station/xa-a/bundle", "loaxa/station/xa-a/ack"]
     try:
         for t in shared:
@@ -285,5 +288,6 @@ def test_a_station_reads_what_the_hub_sends_to_all_and_to_groups(prod):
     finally:
         a.close()
         hub.close()
-    row("station A reads all/group commands and audio, the hub's state, its own topics",
+    row("station A reads all/group commands and audio, the hub's state and key rotation, "
+        "its own topics",
         "delivered", "a silent station in an emergency (reads refused)")
