@@ -414,7 +414,9 @@ class Agent:
         self.store.event("button", data, now)
         if pressed:
             if name == "stop":
-                self.runner.stop(f"stopped at the station ({source})")
+                self.runner.stop("stopped with the stop button at the station"
+                                 if source == "button" else
+                                 f"stopped at the station ({source})")
             elif name == "emergency":
                 active = self.store.active_bundle()
                 sha = (active[1] if active else {}).get("emergency")
