@@ -1,5 +1,5 @@
 # `make demo` and `make test` do all set-up on a fresh Debian machine.
-.PHONY: setup demo test faults bench lock clean
+.PHONY: setup demo test faults bench lock clean dist
 
 VENV := .venv
 BIN := $(VENV)/bin
@@ -23,6 +23,10 @@ bench: setup
 lock:
 	uv pip compile --universal pyproject.toml --extra dev --extra pi \
 	  --override requirements/overrides.txt -o requirements/lock.txt --python-version 3.11
+
+# A wheel set for an offline install on a Raspberry Pi (PLATFORM=aarch64|armv7l|native).
+dist:
+	@bash deploy/dist.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache
