@@ -129,6 +129,11 @@ class Mosquitto:
         _stop(self.proc, kill)
         self.proc = None
 
+    def again(self, workdir: str | os.PathLike[str]) -> "Mosquitto":
+        """A new broker of the same kind on the same port (not started): what comes back
+        after this one was killed."""
+        return Mosquitto(workdir, port=self.port, persistence=self.persistence, extra=self.extra)
+
     def __enter__(self) -> "Mosquitto":
         return self.start()
 

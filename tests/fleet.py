@@ -53,6 +53,7 @@ class Fleet:
         ``tls``: ``broker`` is a ProductionBroker (not started): the hub makes its CA
         (`hub pki init`), the broker is given its certificates as docs/deploy.md says and
         started, and the hub and every station connect with their own certificates."""
+        tls = tls or getattr(broker, "production", False)  # tests/faults_tls: over TLS
         self.tmp = tmp
         self.broker = broker
         self.clock_file = tmp / "clock"

@@ -21,7 +21,10 @@ STOCK = Path("/etc/mosquitto/mosquitto.conf")
 
 
 class ProductionBroker:
-    def __init__(self, root: Path) -> None:
+    production = True  # tests/fleet.py: a Fleet on it runs over TLS with hub-made certificates
+    protocol = "5"
+
+    def __init__(self, root: Path, *, port: int | None = None) -> None:
         self.root = root  # client certificates, mosquitto's console output
         root.mkdir(parents=True, exist_ok=True)
         # mosquitto reads its ACL and writes its files after dropping to its own user: a
@@ -32,7 +35,7 @@ class ProductionBroker:
         (self.etc / "conf.d").mkdir(parents=True)
         self.var = self.base / "var"
         self.var.mkdir()
-        self.port = free_port()
+        self.port = port or free_port()
         self.ca = make_ca(self.base / "etc" / "loaxa")
         self.server = issue(self.ca, self.base / "etc" / "loaxa", "broker", server=True,
                             hosts=("localhost", "127.0.0.1"))
@@ -99,10 +102,25 @@ class ProductionBroker:
         self.crl.chmod(0o644)
         self.proc.send_signal(signal.SIGHUP)
 
-    def stop(self) -> None:
-        _stop(self.proc, False)
+    def stop(self, *, kill: bool = False) -> None:
+        """Stopped (SIGKILL with ``kill``); its files stay for ``again`` until ``close``."""
+        _stop(self.proc, kill)
         self.proc = None
+
+    def close(self) -> None:
+        self.stop()
         shutil.rmtree(self.base, ignore_errors=True)
+
+    def again(self, root: Path) -> "ProductionBroker":
+        """A new broker on the same port with the same certificates (not started)."""
+        other = ProductionBroker(root, port=self.port)
+        etc = other.base / "etc" / "loaxa"
+        for src, name in ((self.ca.cert, "ca.crt"), (self.server.cert, "broker.crt"),
+                          (self.server.key, "broker.key"), (self.crl, "crl.pem")):
+            shutil.copy(src, etc / name)
+        other.ca = Issued(etc / "ca.crt", self.ca.key)
+        other.server = Issued(etc / "broker.crt", etc / "broker.key")
+        return other
 
 
 def assert_gets_in(broker, client_id: str, subscriptions: list[str], topic: str) -> None:

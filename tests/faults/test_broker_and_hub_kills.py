@@ -8,7 +8,6 @@ from datetime import datetime, timedelta
 import pytest
 
 from conftest import wait_for
-from deploy.broker import Mosquitto
 from fleet import Fleet
 from netproxy import LinkProxy
 from schedules import TZ
@@ -69,7 +68,7 @@ def test_broker_killed_during_bundle_delivery(fleet, tmp_path, figures):
     fleet.broker.stop(kill=True)
     killed_mid_transfer = [s for s in STATIONS if transferring(fleet, s)]
     t0 = time.monotonic()
-    broker = Mosquitto(tmp_path / "broker-again", port=port).start()
+    broker = fleet.broker.again(tmp_path / "broker-again").start()
     try:
         fleet.wait_active(1, 60)
         figures("F1 bundle+audio delivered after broker SIGKILL", time.monotonic() - t0, "s")
@@ -99,7 +98,6 @@ def test_broker_killed_during_report_flush(fleet, tmp_path, figures):
     many_missed(fleet)
     fleet.start()
     fleet.wait_active(1)
-    port = fleet.broker.port
     fleet.broker.stop()
     fleet.pass_time(T + timedelta(minutes=N_ITEMS + 1))
     for sid in STATIONS:
@@ -109,7 +107,7 @@ def test_broker_killed_during_report_flush(fleet, tmp_path, figures):
     brokers = []
     try:
         for _ in range(3):  # kill it again each time some, not all, reports are in
-            b = Mosquitto(tmp_path / f"broker-{kills}", port=port).start()
+            b = fleet.broker.again(tmp_path / f"broker-{kills}").start()
             brokers.append(b)
             total = N_ITEMS * len(STATIONS)
             have = len(fleet.playbacks())
@@ -119,7 +117,7 @@ def test_broker_killed_during_report_flush(fleet, tmp_path, figures):
                 kills += 1
         figures("F1 broker SIGKILLs during report flush", kills, "kills")
         if not brokers[-1].proc:
-            brokers.append(Mosquitto(tmp_path / "broker-final", port=port).start())
+            brokers.append(fleet.broker.again(tmp_path / "broker-final").start())
         check_exactly_once(fleet)
         assert kills >= 1
     finally:

@@ -34,7 +34,7 @@ T = datetime(2030, 3, 2, 8, 0, tzinfo=TZ)
 def production(tmp_path):
     b = ProductionBroker(tmp_path / "prod").start()
     yield b
-    b.stop()
+    b.close()
 
 
 def test_debian_stock_mosquitto_loads_our_hub_conf(production):

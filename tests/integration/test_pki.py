@@ -82,7 +82,7 @@ def test_pki_init_and_station_certificates_get_a_station_into_the_production_bro
         assert_gets_in(cfg.broker, "xa-1", ["loaxa/station/xa-1/cmd", "loaxa/all/cmd"],
                        "loaxa/station/xa-1/events")
     finally:
-        production.stop()
+        production.close()
 
 
 def test_a_programme_plays_and_is_reported_over_tls_on_the_production_broker(tmp_path):
@@ -117,7 +117,7 @@ def test_a_programme_plays_and_is_reported_over_tls_on_the_production_broker(tmp
         assert not fleet.store.q("SELECT * FROM refusals")
     finally:
         fleet.stop()
-        production.stop()
+        production.close()
 
 
 def test_a_revoked_station_is_refused_by_the_broker_and_the_hub(tmp_path, capsys):
@@ -181,7 +181,7 @@ def test_a_revoked_station_is_refused_by_the_broker_and_the_hub(tmp_path, capsys
         finally:
             store.close()
     finally:
-        production.stop()
+        production.close()
     assert run("hub", "--home", home, "station", "revoke", "khong-co") == 2
 
 

@@ -102,7 +102,7 @@ class Client:
 def prod(tmp_path_factory):
     b = ProductionBroker(tmp_path_factory.mktemp("prod")).start()
     yield b
-    b.stop()
+    b.close()
     print("\nSecurity matrix (mosquitto, production configuration):")
     w0 = max((len(r[0]) for r in ROWS), default=0)
     w1 = max((len(r[1]) for r in ROWS), default=0)
