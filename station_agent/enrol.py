@@ -67,7 +67,7 @@ def read_model(root: Path) -> str:
     return ""
 
 
-def _set(text: str, section: str, key: str, value) -> str:
+def set_toml(text: str, section: str, key: str, value) -> str:
     """``key = value`` in ``[section]`` of a TOML text (added if missing)."""
     lines = text.splitlines()
     rendered = f"{key} = {json.dumps(value, ensure_ascii=False)}"
@@ -127,15 +127,15 @@ def enrol(source: Path, *, root: Path = Path("/"), audio_device: str | None = No
         if (etc / "station.toml").exists():
             raise EnrolError(f"{etc / 'station.toml'} đã có: trạm này đã đăng ký / this system "
                              f"is already enrolled (remove /etc/loaxa to enrol again)")
-        text = _set(text, "station", "data_dir", f"/{DATA}/data")
-        text = _set(text, "keys", "station_key", f"/{ETC}/station.key")
-        text = _set(text, "hardware", "backend", backend)
+        text = set_toml(text, "station", "data_dir", f"/{DATA}/data")
+        text = set_toml(text, "keys", "station_key", f"/{ETC}/station.key")
+        text = set_toml(text, "hardware", "backend", backend)
         if audio_device:
-            text = _set(text, "audio", "device", audio_device)
+            text = set_toml(text, "audio", "device", audio_device)
         for key in ("tls_ca", "tls_cert", "tls_key"):
             m = re.search(rf'^{key} = "([^"/]+)"$', text, re.M)
             if m:  # the certificates move with the configuration
-                text = _set(text, "broker", key, f"/{ETC}/{m.group(1)}")
+                text = set_toml(text, "broker", key, f"/{ETC}/{m.group(1)}")
         etc.mkdir(parents=True, exist_ok=True)
         etc.chmod(0o750)
         (data / "data").mkdir(parents=True, exist_ok=True)

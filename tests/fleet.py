@@ -28,17 +28,8 @@ from conftest import ROOT, wait_for
 
 def patch_toml(path: Path, section: str, key: str, value) -> None:
     """Set ``key = value`` in ``[section]`` of a TOML file written by `station add`."""
-    lines = path.read_text().splitlines()
-    rendered = f"{key} = {json.dumps(value)}"
-    start = lines.index(f"[{section}]")
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")), len(lines))
-    for i in range(start + 1, end):
-        if lines[i].split("=")[0].strip() == key:
-            lines[i] = rendered
-            break
-    else:
-        lines.insert(start + 1, rendered)
-    path.write_text("\n".join(lines) + "\n")
+    from station_agent.enrol import set_toml
+    path.write_text(set_toml(path.read_text(), section, key, value))
 
 
 # a message that plays for several seconds (stop, preempt, kill it while it plays)
