@@ -11,10 +11,11 @@ demo:
 	@bash deploy/setup.sh demo
 	$(BIN)/loaxa demo
 
-# 4 workers, one test file each: most tests wait on brokers and agents, not on the CPU
-# (2 cores: 4 min 32 s with 3 workers, 3 min 36 s to 3 min 59 s with 4; worksteal was slower)
+# 6 workers, one test file each: most tests wait on brokers, agents and browsers, not on the
+# CPU (2 cores, 295 tests with the fault suite twice: 7 min 12 s with 4 workers, 6 min 21 s
+# with 6)
 test: setup
-	$(BIN)/python -m pytest -q -n 4 --dist loadfile
+	$(BIN)/python -m pytest -q -n 6 --dist loadfile
 
 bench: setup
 	$(BIN)/python -m bench

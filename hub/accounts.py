@@ -226,6 +226,8 @@ def login(store: HubStore, uid: str, password: str, *, ip: str, now: datetime) -
     # the attempt, the failure count and the audit line are committed before the refusal
     # is raised: a refusal inside the transaction would roll them back
     with store.lock, write(store.db):
+        store.db.execute("DELETE FROM login_attempts WHERE at < ?",
+                         [iso(now - timedelta(days=1))])  # the throttle looks back 5 minutes
         store.db["login_attempts"].insert({"at": iso(now), "ip": ip, "user": uid[:64],
                                            "ok": int(ok)})
         if row is None:

@@ -114,6 +114,7 @@ def m007_console(db) -> None:
     db["login_attempts"].create({"id": int, "at": str, "ip": str, "user": str, "ok": int},
                                 pk="id")
     db["login_attempts"].create_index(["ip", "at"])
+    db["login_attempts"].create_index(["at"])  # pruned after a day (hub.accounts.login)
     for col, typ in (("state", str), ("drafted_by", str), ("approved_by", str),
                      ("approved_at", str), ("decided_by", str), ("decision_note", str),
                      ("replaces", str)):  # an edit: the item it takes the place of
