@@ -22,6 +22,7 @@ from fastapi.responses import (FileResponse, HTMLResponse, PlainTextResponse, Re
                                Response)
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
@@ -148,6 +149,17 @@ def create_app(home: Path, *, clock: Clock | None = None, secure_cookies: bool =
 
     def flash(request: Request, text: str) -> None:
         request.session["flash"] = text
+
+    async def off_loop(fn: Callable, *args: Any, **kw: Any) -> Any:
+        """Seconds of ffmpeg (preparing an upload, speech) on a worker thread with its own
+        database connection, so the other pages keep answering meanwhile."""
+        def work() -> Any:
+            own = HubStore(cfg.db_path)
+            try:
+                return fn(own, *args, **kw)
+            finally:
+                own.close()
+        return await run_in_threadpool(work)
 
     async def form(request: Request) -> dict[str, str]:
         f = await request.form()
@@ -335,9 +347,9 @@ def create_app(home: Path, *, clock: Clock | None = None, secure_cookies: bool =
                                       f"is over the limit")
                 else:
                     try:
-                        result = console.add_upload(store, path, filename=up.filename,
-                                                    title=title, tags=tags, user=u,
-                                                    ip=ip(request), now=now())
+                        result = await off_loop(console.add_upload, path, filename=up.filename,
+                                                title=title, tags=tags, user=u,
+                                                ip=ip(request), now=now())
                     except HubError as exc:
                         errors["file"] = str(exc)
         status = 400 if errors else 200
@@ -360,9 +372,10 @@ def create_app(home: Path, *, clock: Clock | None = None, secure_cookies: bool =
         result = None
         if not errors:
             try:
-                result = console.add_speech(store, values["text"], title=values["title"].strip(),
-                                            tags=values["tags"], engine=values["engine"],
-                                            user=u, ip=ip(request), now=now())
+                result = await off_loop(console.add_speech, values["text"],
+                                        title=values["title"].strip(), tags=values["tags"],
+                                        engine=values["engine"], user=u, ip=ip(request),
+                                        now=now())
             except HubError as exc:
                 errors["text"] = str(exc)
         return render(request, "content.html", u, status=400 if errors else 200,
