@@ -34,7 +34,7 @@ from schedules.model import ScheduleError
 from .. import accounts, admin, console
 from ..config import HubConfig, HubError
 from ..config import load as load_config
-from ..display import HEALTH_VI, OUTCOMES_VI, parse_when
+from ..display import HEALTH_VI, OUTCOMES_VI
 from ..store import HubStore
 from .csrf import csrf_protected
 
