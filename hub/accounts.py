@@ -96,7 +96,11 @@ def session_stamp(store: HubStore, uid: str) -> str:
     """What a session cookie carries besides the user id: a digest of the password hash, so
     changing or resetting the password ends every other session (nothing secret leaks)."""
     rows = store.q("SELECT hash FROM users WHERE id = ?", [uid])
-    return hashlib.sha256(rows[0]["hash"].encode()).hexdigest()[:16] if rows else ""
+    return _stamp(rows[0]["hash"]) if rows else ""
+
+
+def _stamp(hashed: str) -> str:
+    return hashlib.sha256(hashed.encode()).hexdigest()[:16]
 
 
 def session_user(store: HubStore, uid: str | None, stamp: str | None) -> User | None:
@@ -107,7 +111,7 @@ def session_user(store: HubStore, uid: str | None, stamp: str | None) -> User | 
     rows = store.q("SELECT * FROM users WHERE id = ?", [uid])
     if not rows or rows[0]["disabled"] or rows[0]["locked_at"]:
         return None
-    if stamp != hashlib.sha256(rows[0]["hash"].encode()).hexdigest()[:16]:
+    if stamp != _stamp(rows[0]["hash"]):
         return None
     return _user(rows[0])
 

@@ -5,7 +5,7 @@ import re
 from datetime import datetime, timedelta
 
 from protocol.clock import parse_iso
-from protocol.vi import ALARMS_VI
+from protocol.vi import ALARMS_VI, OUTCOMES_VI  # noqa: F401 (re-exported)
 from schedules import TZ
 
 from .config import HubError
@@ -58,10 +58,6 @@ def parse_date(text: str, *, end: bool = False) -> datetime:
     return d + timedelta(days=1) if end else d
 
 
-OUTCOMES_VI = {"played": "đã phát", "failed": "lỗi phát", "missed": "bỏ lỡ",
-               "preempted": "bị ngắt (ưu tiên cao hơn)", "interrupted": "bị gián đoạn",
-               "started": "đang phát", "fallback": "phát dự phòng (tiếp âm lỗi)",
-               "stopped": "đã dừng", "passed": "tự kiểm tra đạt"}
 
 CAUSES_VI = {"unreachable": "không tới được broker", "tls_expected": "broker đòi TLS",
              "tls_unexpected": "broker không dùng TLS ở cổng này",

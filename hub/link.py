@@ -184,8 +184,10 @@ class HubLink:
         if self._known is None:  # what the programme used when this hub started: not new
             self._known = {r["content_sha"] for r in self.store.items()}
         shared: dict[tuple[str, str], None] = {}  # (target, sha), in the order first named
+        floor = planner.restore_floor(self.store)
         for st in self.store.stations():
-            bundle = planner.issue_bundle(self.store, self.signer, st["id"], now, self.quiet)
+            bundle = planner.issue_bundle(self.store, self.signer, st["id"], now, self.quiet,
+                                          min_version=floor)
             if bundle is not None:
                 issued += 1
                 self.link.publish(self.topics.bundle(st["id"]), bundle.raw, retain=True)
@@ -425,8 +427,7 @@ class HubLink:
         latest = latest or self.store.latest_bundle(sid)
         # a hub restored from a backup never sends what it held then (a station may hold a
         # newer one from the lost hub): the replan issues above the restore's floor
-        if latest and latest["version"] >= int(self.store.setting("bundle.min_version", "0")
-                                                or 0):
+        if latest and latest["version"] >= planner.restore_floor(self.store):
             self.link.publish(self.topics.bundle(sid), latest["raw"].encode("utf-8"),
                               retain=True)
 

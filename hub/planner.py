@@ -117,8 +117,14 @@ def plan_station(store: HubStore, signer: Signer, sid: str, now: datetime,
     return issued.raw if issued else None
 
 
+def restore_floor(store: HubStore) -> int:
+    """The lowest version a hub restored from a backup may issue (hub/backup.py), else 0."""
+    return int(store.setting("bundle.min_version", "0") or 0)
+
+
 def issue_bundle(store: HubStore, signer: Signer, sid: str, now: datetime,
-                 quiet: QuietHours | None, *, above: int = 0) -> Issued | None:
+                 quiet: QuietHours | None, *, above: int = 0,
+                 min_version: int | None = None) -> Issued | None:
     """``plan_station``, with the programme's audio beside the signed bytes (the hub pushes
     shared audio after the bundles without parsing them again). The version is above both
     ``above`` (what the station says it holds, when that is more than this hub knows) and the
@@ -126,7 +132,9 @@ def issue_bundle(store: HubStore, signer: Signer, sid: str, now: datetime,
     prog = programme(store, sid, now, quiet)
     digest = hashlib.sha256(canonical(prog)).hexdigest()
     latest = store.latest_bundle(sid)
-    floor = max(int(store.setting("bundle.min_version", "0") or 0), above + 1)
+    if min_version is None:  # a replan of the whole fleet reads it once and passes it
+        min_version = restore_floor(store)
+    floor = max(min_version, above + 1)
     have = latest["version"] if latest else 0
     if latest and latest["digest"] == digest and have >= floor and \
             latest.get("kid") in (None, signer.kid) and \

@@ -12,3 +12,8 @@ ALARMS_VI = {"clock": "đồng hồ sai", "disk_full": "đầy bộ nhớ",
              "health.modem": "sóng 4G yếu", "emergency_message": "chưa có tin khẩn cấp",
              "offline": "trạm mất kết nối", "audio_corrupt": "tệp âm thanh hỏng",
              "link": "mất kết nối", "cert_expiry": "chứng chỉ sắp hết hạn"}
+
+OUTCOMES_VI = {"played": "đã phát", "failed": "lỗi phát", "missed": "bỏ lỡ",
+               "preempted": "bị ngắt (ưu tiên cao hơn)", "interrupted": "bị gián đoạn",
+               "started": "đang phát", "fallback": "phát dự phòng (tiếp âm lỗi)",
+               "stopped": "đã dừng", "passed": "tự kiểm tra đạt"}

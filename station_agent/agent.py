@@ -124,6 +124,7 @@ class Agent:
         self._heartbeat_at = -1e9
         self._faults_seen: bytes | None = None
         self._faults_read = -1e9
+        self._actions_read = -1e9
         self._faults_logged = False
         self._light_flush = -1e9
         self._presses_seen: dict[str, int] = {}
@@ -377,6 +378,10 @@ class Agent:
         """Actions from the station's own web console (`loaxa agent console`): files it drops
         in ``data/actions/``, applied in order and recorded and reported like a press of the
         button they stand for (``source``: console), then removed."""
+        mono = self.clock.monotonic()
+        if mono - self._actions_read < 0.25:
+            return
+        self._actions_read = mono
         folder = self.store.dir / ACTIONS_DIR
         try:
             names = sorted(n for n in os.listdir(folder) if n.endswith(".json"))
@@ -391,8 +396,7 @@ class Agent:
                     level = int(a["level"])
                     if not 0 <= level <= 100:
                         raise ValueError(level)
-                    self.player.volume = level / 100
-                    self.store.put("volume.level", level)
+                    self.commands.set_volume(level)
                     self.store.event("button", {"button": "volume", "pressed": True,
                                                 "level": level, "source": "console",
                                                 "by": str(a.get("by", ""))[:40]},

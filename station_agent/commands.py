@@ -222,10 +222,14 @@ class Commands:
         self.store.command_progress(cmd.id, "done", f"stopped {len(stopped)}",
                                     self.clock.now(), {"stopped": stopped})
 
-    def _volume(self, cmd: Command, remaining_s: float) -> None:
-        level = int(cmd.body["level"])
+    def set_volume(self, level: int) -> None:
+        """0-100, remembered across restarts; the hub's `volume` and the station's own page."""
         self.player.volume = level / 100  # 100 = as prepared (loudness-normalised)
         self.store.put("volume.level", level)
+
+    def _volume(self, cmd: Command, remaining_s: float) -> None:
+        level = int(cmd.body["level"])
+        self.set_volume(level)
         self.store.command_progress(cmd.id, "done", f"volume {level}", self.clock.now())
 
     def _selftest(self, cmd: Command, remaining_s: float) -> None:

@@ -130,10 +130,10 @@ def today_view(cfg: config.StationConfig, now: datetime) -> dict[str, Any]:
 
 def create_console(cfg_path: Path, *, clock=None, secure_cookies: bool = False) -> Any:
 
-    from hub.display import OUTCOMES_VI
-    from hub.web.app import HERE as WEB, _dt
-    from hub.web.csrf import csrf_protected
     from fastapi.staticfiles import StaticFiles
+
+    from protocol.vi import OUTCOMES_VI
+    from protocol.web import STATIC, csrf_protected, format_dt
     from protocol.clock import make_clock
     from protocol.vi import ALARMS_VI
 
@@ -148,10 +148,10 @@ def create_console(cfg_path: Path, *, clock=None, secure_cookies: bool = False) 
             f.write(secrets.token_urlsafe(48))
     secret = secret_file.read_text().strip()
     templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
-    templates.env.filters["dt"] = _dt
+    templates.env.filters["dt"] = format_dt
     templates.env.globals.update(ALARMS_VI=ALARMS_VI, OUTCOMES_VI=OUTCOMES_VI)
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
-    app.mount("/static", StaticFiles(directory=str(WEB / "static")), name="static")
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
 
     def status() -> dict[str, Any]:
         try:

@@ -4,7 +4,7 @@ A thin layer over ``hub.console``, ``hub.accounts`` and ``hub.admin``: each rout
 form, checks the role (``need``), calls one library function and renders a template. No SQL
 and no business rule here. Sessions are Starlette's signed cookies (HttpOnly, SameSite=Strict,
 Secure behind TLS); every POST carries a CSRF token checked by asgi-csrf; htmx (vendored, see
-static/VENDORED.txt) refreshes the board and alert progress.
+protocol/static/VENDORED.txt) refreshes the board and alert progress.
 """
 from __future__ import annotations
 
@@ -26,8 +26,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
-from protocol.clock import Clock, make_clock, parse_iso
+from protocol.clock import Clock, make_clock
 from protocol.vi import ALARMS_VI
+from protocol.web import STATIC, csrf_protected
+from protocol.web import format_dt as _dt
 from schedules import TZ, Priority
 from schedules.model import ScheduleError
 
@@ -36,7 +38,6 @@ from ..config import HubConfig, HubError
 from ..config import load as load_config
 from ..display import HEALTH_VI, OUTCOMES_VI
 from ..store import HubStore
-from .csrf import csrf_protected
 
 HERE = Path(__file__).parent
 SESSION_HOURS = 12
@@ -71,21 +72,6 @@ def _secret(home: Path) -> str:
 
 # -- template filters ----------------------------------------------------------------------
 
-def _dt(value: Any, fmt: str = "%d/%m/%Y %H:%M") -> str:
-    if not value:
-        return "—"
-    if isinstance(value, str):
-        try:
-            value = parse_iso(value)
-        except ValueError:
-            return value
-    if isinstance(value, datetime):
-        return value.astimezone(TZ).strftime(fmt)
-    if isinstance(value, date):
-        return value.strftime("%d/%m/%Y")
-    return str(value)
-
-
 def _num(n: Any) -> str:
     """1.873 as Vietnamese write thousands."""
     return f"{int(n or 0):,}".replace(",", ".")
@@ -117,7 +103,7 @@ def create_app(home: Path, *, clock: Clock | None = None, secure_cookies: bool =
     app = FastAPI(title="loaxa", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store = store
     app.state.cfg = cfg
-    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
 
     def now() -> datetime:
         return clock.now()

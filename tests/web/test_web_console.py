@@ -273,7 +273,7 @@ def test_audit_log_records_changes_and_is_append_only(hub):
 
 
 def test_vendored_htmx_matches_its_recorded_checksum(hub):
-    static = ROOT / "hub" / "web" / "static"
+    static = ROOT / "protocol" / "static"
     recorded = (static / "VENDORED.txt").read_text()
     digest = hashlib.sha256((static / "htmx.min.js").read_bytes()).hexdigest()
     assert f"htmx.min.js sha256      {digest}" in recorded

@@ -1,13 +1,40 @@
-"""CSRF protection for the console and the station's own page: asgi-csrf (double-submit
-token on every POST, the given paths protected even without a cookie), with one repair."""
+"""What the hub's console (hub/web) and the station's own page (station_agent/console.py)
+share: the static files (``STATIC``: htmx vendored, the stylesheet), dates as Vietnamese read
+them, and CSRF protection."""
 from __future__ import annotations
 
+from datetime import date, datetime
+from pathlib import Path
 from typing import Any
 
 from asgi_csrf import asgi_csrf
 
+from schedules import TZ
+
+from .clock import parse_iso
+
+STATIC = Path(__file__).parent / "static"  # VENDORED.txt records htmx's version and sums
+
+
+def format_dt(value: Any, fmt: str = "%d/%m/%Y %H:%M") -> str:
+    """A stored instant or date as shown: dd/mm/yyyy, 24 h, Asia/Ho_Chi_Minh; "—" if none."""
+    if not value:
+        return "—"
+    if isinstance(value, str):
+        try:
+            value = parse_iso(value)
+        except ValueError:
+            return value
+    if isinstance(value, datetime):
+        return value.astimezone(TZ).strftime(fmt)
+    if isinstance(value, date):
+        return value.strftime("%d/%m/%Y")
+    return str(value)
+
 
 def csrf_protected(app: Any, secret: str, *, secure: bool, always: set[str]) -> Any:
+    """asgi-csrf (a double-submit token on every POST; ``always`` protected even without a
+    cookie), with one repair."""
     wrapped = asgi_csrf(app, signing_secret=secret, always_protect=always,
                         cookie_secure=secure, cookie_samesite="Strict")
 
