@@ -51,6 +51,8 @@ def init_hub(home: Path, *, broker_host: str, broker_port: int, prefix: str = "l
                            prefix=prefix, protocol=protocol, quiet=quiet, clock=clock)
     signer = Signer.generate("hub")
     signer.save(home / "hub.key")
+    from .releases import RELEASE_SENDER
+    Signer.generate(RELEASE_SENDER).save(home / "release.key")  # signs software updates
     HubStore(home / "hub.db").close()
     return signer
 
@@ -76,6 +78,7 @@ def add_station(cfg: hubconfig.HubConfig, sid: str, *, name: str, groups: list[s
         raise HubError(str(exc)) from None
     public = _check_public(public_key) if public_key else None
     hub = Signer.load(cfg.key_path, cfg.hub_id)
+    from .releases import release_public
     store = HubStore(cfg.db_path)
     try:
         try:
@@ -104,6 +107,7 @@ def add_station(cfg: hubconfig.HubConfig, sid: str, *, name: str, groups: list[s
         "[broker]", f"host = {json.dumps(b.host)}", f"port = {b.port}",
         f'protocol = "{b.protocol}"', f"prefix = {json.dumps(cfg.prefix)}", *tls, "",
         "[keys]", f'hub_public = "{public_to_text(hub.public)}"',
+        f'release_public = "{release_public(cfg)}"',
         f"hub_sender = {json.dumps(cfg.hub_id)}", 'station_key = "station.key"', "",
         "[audio]", f"device = {json.dumps(audio_device)}", "warmup_ms = 500",
         *([f"alsa_config = {json.dumps(alsa_config)}"] if alsa_config else []), "",

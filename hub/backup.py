@@ -32,7 +32,7 @@ FORMAT = 1
 BUNDLE_JUMP = 1000      # versions a lost hub may have issued to one station after the backup
 COMMAND_JUMP = 100_000  # commands a lost hub may have issued on one stream after the backup
 SECRET = {"hub.key", "web-secret"}  # files kept 0600 (and every *.key)
-TOP_FILES = ("hub.toml", "hub.key", "web-secret")
+TOP_FILES = ("hub.toml", "hub.key", "release.key", "web-secret")
 
 
 def _sha(path: Path) -> str:
@@ -78,6 +78,7 @@ def backup(home: Path, dest: Path, *, now: datetime) -> dict[str, Any]:
     rels += [f"pki/{p.name}" for p in sorted((home / "pki").glob("*")) if p.is_file()] \
         if (home / "pki").is_dir() else []
     rels += [f"content/{p.name}" for p in sorted((home / "content").glob("*.opus"))]
+    rels += [f"releases/{p.name}" for p in sorted((home / "releases").glob("*.tar"))]
     for rel in rels:
         if rel.startswith("pki/"):
             (dest / "pki").mkdir(mode=0o700, exist_ok=True)

@@ -235,6 +235,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("id")
     a.set_defaults(fn=cmd_user_unlock)
 
+    p = _leaf(hs, "release", help="software releases for the stations, signed with the "
+              "release key (docs/update.md)")
+    rs = p.add_subparsers(dest="release_cmd", required=True)
+    a = _leaf(rs, "add", help="sign a release made of wheels (one of them loaxa's)")
+    a.add_argument("wheels", nargs="+", type=Path)
+    a.add_argument("--notes", default="")
+    a.add_argument("--by", default="")
+    a.set_defaults(fn=cmd_release_add)
+    a = _leaf(rs, "list", help="releases, and how many stations run each version")
+    a.set_defaults(fn=cmd_release_list)
+    p = _leaf(hs, "update", help="install a release on stations: fetched, installed beside the "
+              "running version, switched, and rolled back unless its health check passes")
+    p.add_argument("version")
+    p.add_argument("--to", required=True, help="station:ID, group:ID or all")
+    p.add_argument("--health-s", type=int, default=300,
+                   help="seconds the new version has to pass its health check (300)")
+    p.add_argument("--ttl", default="1h", help="how long the command stays valid (1h)")
+    p.add_argument("--downgrade", action="store_true", help="allow an older version")
+    p.add_argument("--by", default="")
+    p.set_defaults(fn=cmd_update)
+
     p = _leaf(hs, "command", help="commands given and how far each got")
     cs = p.add_subparsers(dest="command_cmd", required=True)
     a = _leaf(cs, "list", help="recent commands with their delivery counts")
@@ -700,6 +721,49 @@ def cmd_simple(args) -> int:
                 raise HubError("âm lượng 0-100 / volume must be 0-100")
             body = {"level": args.level}
         return _give(args, cfg, store, now, args.action, body, target)
+
+
+def cmd_release_add(args) -> int:
+    from .releases import make_release
+    with _open(args) as (cfg, store, now):
+        r = make_release(cfg, store, args.wheels, now=now, notes=args.notes, by=args.by)
+    print(f"Bản phát hành / release {r['version']}: {r['size']} byte, sha256 {r['sha'][:16]}…, "
+          f"đã ký bằng khóa phát hành / signed with the release key")
+    print(f"Cập nhật / update: loaxa hub --home {args.home} update {r['version']} --to all")
+    return 0
+
+
+def cmd_release_list(args) -> int:
+    from .releases import releases
+    with _open(args) as (cfg, store, now):
+        rows = releases(store)
+        running = {r["software_version"]: r["n"] for r in store.q(
+            "SELECT software_version, count(*) AS n FROM station_state GROUP BY 1")}
+    if not rows:
+        print("Chưa có bản phát hành / no releases")
+    for r in rows:
+        print(f"{r['version']:12} {show(r['created_at'])}  {r['size']:>10} byte  "
+              f"{running.get(r['version'], 0)} trạm đang chạy / stations run it  {r['notes']}")
+    others = {v: n for v, n in running.items() if v not in {r["version"] for r in rows}}
+    for v, n in sorted(others.items(), key=lambda x: str(x[0])):
+        print(f"{v or 'không rõ / unknown':12} (cài sẵn / factory install)  {n} trạm / stations")
+    return 0
+
+
+def cmd_update(args) -> int:
+    from .releases import find_release, update_body
+    with _open(args) as (cfg, store, now):
+        target = check_target(store, args.to)
+        body = update_body(find_release(store, args.version), health_s=args.health_s,
+                           downgrade=args.downgrade)
+        cmd = issue_command(cfg, store, "update", target, body, now=now,
+                            ttl_s=parse_duration(args.ttl) // 1000, by=args.by)
+        print(f"Lệnh cập nhật / update {cmd['id']}: {args.version} → {target}, hiệu lực tới "
+              f"{show(cmd['expires_at'])}")
+        print(f"Theo dõi / follow: loaxa hub --home {args.home} command show {cmd['id']}")
+        if not is_serving(store.path):
+            print(NOT_SERVING, file=sys.stderr)
+    return 0
 
 
 def cmd_command_list(args) -> int:

@@ -65,7 +65,7 @@ BOARD_SQL = """
 SELECT s.id, s.name, st.online, st.since, st.active_version, st.held_version, st.missing,
        st.on_air,
        st.clock_trusted, st.health, st.health_probes, st.last_heartbeat, st.heartbeat_s,
-       st.restarts, st.started_at, st.last_seen, st.live_mic, st.outbox,
+       st.restarts, st.started_at, st.last_seen, st.live_mic, st.outbox, st.software_version,
        (SELECT max(version) FROM bundles b WHERE b.station_id = s.id) AS desired,
        (SELECT count(*) FROM alarms a WHERE a.station_id = s.id AND a.cleared_at IS NULL)
          AS open_alarms,

@@ -220,7 +220,7 @@ class HubLink:
             self.store.mark_published(c["id"], self.clock.now())
             self._count("commands.published")
             body = json.loads(c["body"])
-            if c["action"] == "play" and body.get("push"):
+            if c["action"] in ("play", "update") and body.get("push"):
                 self._push(c["target"], body["content"])
             n += 1
         return n
@@ -248,8 +248,11 @@ class HubLink:
         """A content file's bytes, read once and kept while it is asked for (bounded)."""
         blob = self._blobs.pop(sha, None)
         if blob is None:
+            path = self.store.content_path(sha)
+            if not path.exists():  # a release's tar (hub/releases.py)
+                path = self.store.release_file(sha) or path
             try:
-                blob = self.store.content_path(sha).read_bytes()
+                blob = path.read_bytes()
             except OSError:
                 log.error("content %s: its file is missing", sha[:12])
                 return None
@@ -389,7 +392,8 @@ class HubLink:
                 alarms=json.dumps(s.get("alarms") or {}, ensure_ascii=False),
                 clock_trusted=int(bool(s.get("clock_trusted", True))),
                 station_clock=str(s.get("clock") or ""), outbox=int(s.get("outbox") or 0),
-                live_mic=int(bool(s.get("live_mic"))))
+                live_mic=int(bool(s.get("live_mic"))),
+                software_version=str(s.get("version") or "")[:40] or None)
         except (TypeError, ValueError):
             raise Refused(Reason.MALFORMED, "bad station state summary") from None
 
@@ -464,7 +468,7 @@ class HubLink:
         if not (isinstance(sha, str) and chunks.SHA_RE.match(sha) and isinstance(offset, int)
                 and offset >= 0 and isinstance(length, int) and length > 0):
             raise Refused(Reason.MALFORMED, "fetch needs a sha, an offset and a length")
-        if self.store.content(sha) is None:
+        if self.store.content(sha) is None and self.store.release_file(sha) is None:
             raise Refused(Reason.MALFORMED, f"no content {sha[:12]}")
         blob = self._blob(sha)
         if blob is None:

@@ -201,6 +201,15 @@ def m010_key_rotation(db) -> None:
     db["station_state"].add_column("hub_kid", str)
 
 
+@migrations
+def m011_releases(db) -> None:
+    """Signed software releases (hub/releases.py) and the version each station runs."""
+    db["releases"].create({"version": str, "sha": str, "size": int, "wheels": str,
+                           "manifest": str, "notes": str, "created_at": str, "by": str},
+                          pk="version")
+    db["station_state"].add_column("software_version", str)
+
+
 CERT_WARN = timedelta(days=30)
 
 
@@ -321,6 +330,12 @@ class HubStore:
                                        "size": len(data), "duration_ms": duration_ms,
                                        "created_at": iso(now)})
             return True
+
+    def release_file(self, sha: str) -> Path | None:
+        """The tar of a release (hub/releases.py), which stations fetch like audio."""
+        if not self.q("SELECT 1 FROM releases WHERE sha = ?", [sha]):
+            return None
+        return self.path.parent / "releases" / f"{sha}.tar"
 
     def content(self, sha: str) -> dict[str, Any] | None:
         rows = self.q("SELECT * FROM content WHERE sha = ?", [sha])

@@ -35,6 +35,7 @@ from .commands import Commands, HubTime, stream_of
 from .config import StationConfig
 from .runner import Runner
 from .store import StationStore
+from .update import Updater
 
 log = logging.getLogger("loaxa.agent")
 STATE_TTL = timedelta(days=30)
@@ -90,6 +91,14 @@ class Agent:
         self.commands = Commands(store=self.store, runner=self.runner, clock=self.clock,
                                  player=self.player, report_now=lambda: self.report_now(),
                                  expect_push=lambda sha, size: self.expect_push(sha, size))
+        self._stop_event: threading.Event | None = None
+        self.updater = Updater(cfg=cfg, store=self.store, clock=self.clock, runner=self.runner,
+                               commands=self.commands,
+                               connected=lambda: self.link.connected.is_set(),
+                               bundle_ok=self._bundle_verifies,
+                               expect_push=lambda sha, size: self.expect_push(sha, size),
+                               exit_for_switch=self._exit_for_switch)
+        self.commands.on_update = self.updater.begin
         self.link = MqttLink(
             client_id=f"station-{self.id}", broker=cfg.broker,
             subscriptions=self.topics.station_subscriptions(self.id, cfg.groups),
@@ -163,6 +172,7 @@ class Agent:
         now, mono = self.clock.now(), self.clock.monotonic()
         interrupted = self.runner.recover()
         self.commands.recover()
+        self.updater.start()
         last = self.store.get("clock.last_trusted")
         change = self.trust.start(now, mono, parse_iso(last) if last else None)
         self.store.event("agent.started", {"interrupted": interrupted,
@@ -215,6 +225,7 @@ class Agent:
         watchdog ping from this loop only, so a hung step stops the pings and systemd
         restarts the agent (``WatchdogSec`` in deploy/systemd/loaxa-agent.service)."""
         notify = Notifier()
+        self._stop_event = stop
         self.start()
         notify.ready(f"station {self.id}")
         try:
@@ -254,7 +265,8 @@ class Agent:
         else:
             phases = [self._sim_faults, self._buttons, self._console_actions, self._try_activate,
                       tick,
-                      self._request_audio, self._flush_reports, self._sample_health,
+                      self._request_audio, self._flush_reports, self.updater.step,
+                      self._sample_health,
                       self._heartbeat, self._leds, self._write_status]
         for phase in phases:
             try:
@@ -262,6 +274,26 @@ class Agent:
             except Exception:
                 log.exception("agent step failed")
                 self.store.bump("errors.step")
+
+    def _exit_for_switch(self) -> None:
+        """A release is installed: this version stops (reports flushed first) so that the
+        launcher starts the new one."""
+        self._flush_reports()
+        if self._stop_event is not None:
+            self._stop_event.set()
+
+    def _bundle_verifies(self) -> str:
+        """For an update's health check: the held bundle verified again by this version's
+        code and keys ("!reason" if it does not)."""
+        held = self.store.held_bundle()
+        if not held:
+            return "no bundle held yet"
+        raw = self.store.bundle_raw(held[0])
+        try:
+            env = verify(raw, self.hub_keys, now=None, kind="bundle")
+        except Refused as r:
+            return f"!bundle {held[0]}: {r}"
+        return f"bundle {env.seq} verified"
 
     # -- health, heartbeat, local controls ------------------------------------------------
     def _sample_health(self) -> None:
@@ -528,7 +560,8 @@ class Agent:
                 "clock": iso(self.clock.now()), "clock_trusted": self.trust.trusted,
                 "outbox": max(0, self.store.outbox_size() - in_flight),
                 "bdseq": self.link.bdseq,
-                "live_mic": self.runner.live_mic_until is not None}
+                "live_mic": self.runner.live_mic_until is not None,
+                "version": self.updater.version}
 
     def _publish_state(self) -> None:
         """The birth: online, this connection's bdseq, the live summary (retained)."""

@@ -16,6 +16,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sa.add_parser("run", help="run the station")
     p.add_argument("--config", type=Path, required=True)
     p.set_defaults(fn=cmd_run)
+    p = sa.add_parser("launch", help="run the station under the update launcher (what systemd "
+                      "runs): the agent from the current slot, switched and rolled back as an "
+                      "update goes (docs/update.md)")
+    p.add_argument("--config", type=Path, required=True)
+    p.set_defaults(fn=cmd_launch)
     p = sa.add_parser("check", help="validate station.toml and what it names (key, data "
                       "folder, TLS files, GPIO library, sound device) and exit")
     p.add_argument("--config", type=Path, required=True)
@@ -120,6 +125,12 @@ def cmd_keygen(args) -> int:
     print(f"Khóa công khai / public key: {public}")
     print(f"Ở hub / at the hub: loaxa hub station key {cfg.station_id} {public}")
     return 0
+
+
+def cmd_launch(args) -> int:
+    from .launcher import main
+    cfg = config.load(args.config)
+    return main(args.config, cfg.data_dir / "slots")
 
 
 def cmd_run(args) -> int:

@@ -22,7 +22,7 @@ from protocol.topics import Topics
 from schedules import Item, Priority
 
 log = logging.getLogger("loaxa.commands")
-ACTIONS = ("play", "stop", "volume", "selftest", "zone_test", "report")
+ACTIONS = ("play", "stop", "volume", "selftest", "zone_test", "report", "update")
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_REPEAT = 10
 MAX_GAP_S = 24 * 3600
@@ -94,6 +94,12 @@ def parse(env: Envelope, stream: str) -> Command:
             _int(b, "priority", 1, 3)
     elif action == "volume":
         _int(b, "level", 0, 100)
+    elif action == "update":
+        from .update import check_body
+        try:
+            check_body(b)
+        except ValueError as exc:
+            raise Refused(Reason.MALFORMED, str(exc)) from None
     return Command(cid, stream, env.seq, action, b, env.iat, env.exp)
 
 
@@ -144,6 +150,8 @@ class Commands:
         self.report_now = report_now
         self._plays: dict[str, dict[str, Any]] = {}   # command id -> its plays' progress
         self.content: dict[str, dict[str, int]] = {}  # audio commanded plays need, with size
+        self.extra_wanted: dict[str, dict[str, int]] = {}  # a release being fetched (update)
+        self.on_update: Callable[[str, dict], str] | None = None  # station_agent/update.py
         runner.on_record = self._on_record
         level = store.get("volume.level")
         if level is not None and hasattr(player, "volume"):
@@ -153,7 +161,8 @@ class Commands:
         """After a restart: commands that were accepted or running when the agent stopped end
         as ``failed`` once (a play is never started twice, as with scheduled plays)."""
         now = self.clock.now()
-        rows = self.store.unfinished_commands()
+        # an update outlives restarts by design: station_agent/update.py settles it
+        rows = [r for r in self.store.unfinished_commands() if r["action"] != "update"]
         for r in rows:
             self.store.command_progress(r["id"], "failed", "agent restarted before the "
                                         "command finished", now, {"step": r["state"]})
@@ -245,6 +254,20 @@ class Commands:
         self.report_now()
         self.store.command_progress(cmd.id, "done", "state and health sent", self.clock.now())
 
+    def _update(self, cmd: Command, remaining_s: float) -> None:
+        from .update import UpdateRefused
+        try:
+            if self.on_update is None:
+                raise UpdateRefused("this agent does not take updates")
+            detail = self.on_update(cmd.id, cmd.body)
+        except UpdateRefused as exc:
+            self.store.command_progress(cmd.id, "failed", str(exc), self.clock.now(),
+                                        {"step": "refused"})
+            return
+        done = detail.startswith("already")
+        self.store.command_progress(cmd.id, "done" if done else "started", detail,
+                                    self.clock.now(), {"step": "fetch"})
+
     # -- progress --------------------------------------------------------------------------
     def _on_record(self, key: str, item_id: str, outcome: str, detail: str) -> None:
         """Every play record; those of commanded plays advance their command."""
@@ -271,6 +294,8 @@ class Commands:
 
     def wanted_meta(self, sha: str) -> dict[str, int] | None:
         """``wanted().get(sha)``, without copying the map."""
+        if sha in self.extra_wanted:
+            return self.extra_wanted[sha]
         if sha not in self.content:
             return None
         return self.wanted().get(sha)
@@ -279,4 +304,4 @@ class Commands:
         """Audio still needed by commanded plays that may yet start."""
         need = {q.item.content for q in self.runner.queued}
         self.content = {s: m for s, m in self.content.items() if s in need}
-        return dict(self.content)
+        return {**self.content, **self.extra_wanted}

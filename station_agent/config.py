@@ -52,6 +52,7 @@ class StationConfig:
     health_every_s: float = 5.0
     clock_max_step_s: float = 30.0
     clock_max_skew_s: float = 60.0
+    release_public: str | None = None  # the hub's release key: signs software updates
 
 
 def _get(d: dict, key: str, typ: type | tuple, errors: list[str], where: str, default=...):
@@ -130,6 +131,12 @@ def load(path: str | Path) -> StationConfig:
             public_from_text(hub_public)
         except ValueError as exc:
             errors.append(f"[keys] hub_public: {exc}")
+    release_public = _get(keys, "release_public", str, errors, "keys", None)
+    if release_public:
+        try:
+            public_from_text(release_public)
+        except ValueError as exc:
+            errors.append(f"[keys] release_public: {exc}")
     station_key = base / _get(keys, "station_key", str, errors, "keys", "station.key")
     backend = _get(hw, "backend", str, errors, "hardware", "simulated")
     if backend not in ("simulated", "rpigpio", "lgpio"):
@@ -145,6 +152,7 @@ def load(path: str | Path) -> StationConfig:
         station_id=sid, name=_get(st, "name", str, errors, "station", sid), groups=tuple(groups),
         data_dir=data_dir, station_key=station_key, hub_public=hub_public,
         hub_sender=_get(keys, "hub_sender", str, errors, "keys", "hub"),
+        release_public=release_public,
         prefix=_get(br, "prefix", str, errors, "broker", "loaxa"), broker=broker, clock=clock,
         audio_device=_get(au, "device", str, errors, "audio", "default"),
         alsa_config=rel(_get(au, "alsa_config", str, errors, "audio", None)),

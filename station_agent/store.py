@@ -155,6 +155,10 @@ class StationStore:
                               "LIMIT 1").fetchone()
         return (row[0], row[1]) if row else None
 
+    def bundle_raw(self, version: int) -> bytes:
+        row = self.db.execute("SELECT raw FROM bundles WHERE version = ?", [version]).fetchone()
+        return row[0].encode("utf-8") if row else b""
+
     def save_bundle(self, version: int, msg_id: str, raw: bytes, body: dict, at: datetime) -> None:
         with self._lock, write(self.db):
             self.db.execute("INSERT INTO bundles VALUES (?, ?, ?, ?, ?, 'pending')",

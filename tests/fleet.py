@@ -125,13 +125,18 @@ class Fleet:
             self._hub_thread = None
             self._hub_store.close()
 
-    def start_station(self, sid: str) -> None:
+    def start_station(self, sid: str, *, launch: bool = False,
+                      env: dict[str, str] | None = None) -> None:
+        """``launch``: under `agent launch` (the update launcher, as systemd runs it), in a
+        session of its own so that a simulated power cut (LOAXA_UPDATE_KILL_AT) takes the
+        launcher and its agent together and nothing else."""
         log = open(self.station_dir(sid) / "agent.log", "ab")
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
         self.procs[sid] = subprocess.Popen(
-            [sys.executable, "-m", "deploy.cli", "agent", "run", "--config",
-             str(self.station_dir(sid) / "station.toml")],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=ROOT)
+            [sys.executable, "-m", "deploy.cli", "agent", "launch" if launch else "run",
+             "--config", str(self.station_dir(sid) / "station.toml")],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=ROOT,
+            start_new_session=launch)
         log.close()
 
     def start(self) -> "Fleet":

@@ -61,7 +61,7 @@ def test_the_station_makes_its_own_key_and_the_hub_keeps_only_the_public_half(ho
     assert b"PRIVATE" not in (home / "hub.db").read_bytes()
     s.close()
     assert not list(home.rglob("*.key")) == [] and all(
-        p.name == "hub.key" or p.parent == folder for p in home.rglob("*.key"))
+        p.name in ("hub.key", "release.key") or p.parent == folder for p in home.rglob("*.key"))
 
 
 @pytest.mark.parametrize("args, message", [

@@ -42,6 +42,7 @@ def test_backup_restore_drill(tmp_path, mosquitto, capsys):
         assert manifest["counts"]["stations"] == 2 and manifest["counts"]["content"] == 1
         assert stat.S_IMODE(dest.stat().st_mode) == 0o700
         assert stat.S_IMODE((dest / "hub.key").stat().st_mode) == 0o600
+        assert stat.S_IMODE((dest / "release.key").stat().st_mode) == 0o600
         # the lost hub goes on after the backup: a new programme (v3) and a command
         second = fleet.content("Bản tin thứ hai, sau khi sao lưu.")
         fleet.schedule(second, T + timedelta(hours=1))
@@ -65,6 +66,7 @@ def test_backup_restore_drill(tmp_path, mosquitto, capsys):
         assert run("hub", "--home", home2, "restore", dest) == 0
         assert run("hub", "--home", home2, "restore", dest) == 2  # never over a hub
         assert stat.S_IMODE((home2 / "hub.key").stat().st_mode) == 0o600
+        assert (home2 / "release.key").read_bytes() == (fleet.home / "release.key").read_bytes()
         fleet.home, fleet.cfg = home2, hubconfig.load(home2)
         fleet.store = HubStore(fleet.cfg.db_path)
         fleet.start_hub()
