@@ -157,3 +157,29 @@ def test_release_and_update_from_the_command_line(tmp_path, capsys):
     assert cmd["action"] == "update" and cmd["target"] == "station:a"
     assert main(["hub", "--home", str(home), "update", "9.9.9", "--to", "all"]) == 2
     assert "no release 9.9.9" in capsys.readouterr().err
+
+
+def test_launcher_rolls_back_a_version_started_too_often_without_confirming(tmp_path):
+    """Power cuts or watchdog kills during the trial: the third start without a confirmation
+    is the last; the launcher points back before it starts anything."""
+    from station_agent.launcher import Launcher
+    from station_agent.slots import MAX_TRIAL_STARTS
+    w = wheel(tmp_path / "loaxa-0.2.0-py3-none-any.whl", GOOD)
+    tar, manifest = release_tar(tmp_path / "r.tar", [w])
+    launcher = Launcher(tmp_path / "station.toml", tmp_path / "slots")
+    s = launcher.slots
+    s.install("0.2.0", tar, manifest, b"{}")
+    s.write_state({"phase": "switch", "cmd": "c1", "version": "0.2.0", "from": "base",
+                   "health_s": 60})
+    for n in range(1, MAX_TRIAL_STARTS + 1):
+        launcher.settle()
+        assert (s.state()["phase"], s.state()["starts"], s.current()) == ("trial", n, "0.2.0")
+    launcher.settle()
+    st = s.state()
+    assert st["phase"] == "rolled_back" and s.current() == "base"
+    assert f"started {MAX_TRIAL_STARTS} times" in st["reason"]
+    # a slot that vanished (a card error) is not switched to
+    s.write_state({"phase": "switch", "cmd": "c2", "version": "0.3.0", "from": "base",
+                   "health_s": 60})
+    launcher.settle()
+    assert s.state()["phase"] == "rolled_back" and "not installed" in s.state()["reason"]
