@@ -302,14 +302,25 @@ def cmd_fleet(args) -> int:
                     shown = c
                     print(f"sim fleet: {c}/{len(configs)} connected", flush=True)
             return bool(stop)
-        profile = os.environ.get("LOAXA_SIM_PROFILE")  # a developer's cProfile of the loop
+        # a developer's cProfile of the loop; with LOAXA_SIM_PROFILE_ON_SIGNAL, only between
+        # SIGUSR1 and SIGUSR2 (one phase of a benchmark)
+        profile = os.environ.get("LOAXA_SIM_PROFILE")
         if profile:
             import cProfile
             prof = cProfile.Profile()
-            try:
-                prof.runcall(fleet.run, until)
-            finally:
-                prof.dump_stats(profile)
+            if os.environ.get("LOAXA_SIM_PROFILE_ON_SIGNAL"):
+                signal.signal(signal.SIGUSR1, lambda *_: prof.enable())
+                signal.signal(signal.SIGUSR2, lambda *_: prof.disable())
+                try:
+                    fleet.run(until)
+                finally:
+                    prof.disable()
+                    prof.dump_stats(profile)
+            else:
+                try:
+                    prof.runcall(fleet.run, until)
+                finally:
+                    prof.dump_stats(profile)
         else:
             fleet.run(until)
     finally:
