@@ -49,6 +49,7 @@ REFUSAL_REPORT_EVERY_S = 10.0  # a flood of one refusal is counted in full, repo
 REQUEST_EVERY_S = 0.5      # how often missing audio is looked over while a transfer runs
 PUSH_GRACE_S = 3.0          # a pushed file that makes no progress this long is fetched
 PROGRAMME_PUSH_GRACE_S = 10.0  # ... for a programme's audio, which is not needed this minute
+SWITCH_CLEAR_S = 120         # an update switches only with no scheduled start this close
 NEXT_EVERY_S = 10.0         # how often the status file's "what plays next" is worked out
 # alarms the agent raises itself (health.* come from probes): 2 = fault, 1 = degraded
 ALARM_SEVERITY = {"clock": 2, "audio_device": 2, "audio_corrupt": 2, "amplifier": 2, "relay": 2,
@@ -97,7 +98,8 @@ class Agent:
                                connected=lambda: self.link.connected.is_set(),
                                bundle_ok=self._bundle_verifies,
                                expect_push=lambda sha, size: self.expect_push(sha, size),
-                               exit_for_switch=self._exit_for_switch)
+                               exit_for_switch=self._exit_for_switch,
+                               air_free=self._air_free_for_switch)
         self.commands.on_update = self.updater.begin
         self.link = MqttLink(
             client_id=f"station-{self.id}", broker=cfg.broker,
@@ -281,6 +283,20 @@ class Agent:
         self._flush_reports()
         if self._stop_event is not None:
             self._stop_event.set()
+
+    def _air_free_for_switch(self) -> bool:
+        """Nothing on air, queued or live, and no scheduled start within SWITCH_CLEAR_S: the
+        few seconds of a switch (and of a rollback after it) fall in a silence."""
+        if self.runner.busy or self.runner.live_mic_until is not None:
+            return False
+        active = self.store.active_bundle()
+        if not active:
+            return True
+        now = self.clock.now()
+        items, quiet = self.runner.programme()
+        return not any(self.store.play_state(o.key) is None for o in occurrences(
+            items, now - timedelta(seconds=60), now + timedelta(seconds=SWITCH_CLEAR_S),
+            quiet=quiet))
 
     def _bundle_verifies(self) -> str:
         """For an update's health check: the held bundle verified again by this version's

@@ -64,7 +64,8 @@ def read_release(raw: str, release_public: str | None) -> dict[str, Any]:
 class Updater:
     def __init__(self, *, cfg: Any, store: Any, clock: Any, runner: Any, commands: Any,
                  connected: Callable[[], bool], bundle_ok: Callable[[], str],
-                 expect_push: Callable[[str, int], None], exit_for_switch: Callable[[], None]):
+                 expect_push: Callable[[str, int], None], exit_for_switch: Callable[[], None],
+                 air_free: Callable[[], bool] = lambda: True):
         self.cfg, self.store, self.clock, self.runner = cfg, store, clock, runner
         self.commands = commands
         self.slots = S.Slots(cfg.data_dir / "slots")
@@ -73,6 +74,7 @@ class Updater:
         self.launched = os.environ.get("LOAXA_LAUNCHER") == "1"
         self.connected, self.bundle_ok = connected, bundle_ok
         self.expect_push, self.exit_for_switch = expect_push, exit_for_switch
+        self.air_free = air_free
         self.st: dict[str, Any] = self.slots.state() if self.slots.root.is_dir() else {}
         self._selftest: str | None = None   # None: not started; "running"; or its outcome
         self._selftest_detail = ""
@@ -136,7 +138,8 @@ class Updater:
         if not phase:
             return
         if phase == S.FETCHING:
-            if self.store.has_audio(self.st["sha"]):
+            # the switch restarts the agent: never while something is on air or about to be
+            if self.store.has_audio(self.st["sha"]) and self.air_free():
                 self._install()
         elif phase == S.TRIAL and self.slot == self.st.get("version"):
             self._check_health()
