@@ -16,6 +16,7 @@ new state, never half of one: the phases below are resumed from where they stopp
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -57,6 +58,7 @@ def version_key(v: str) -> tuple:
     return nums + ((0, m.group(2)) if m.group(2) else (1, ""),)
 
 
+@functools.lru_cache(maxsize=1)
 def running_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
     try:

@@ -293,12 +293,16 @@ class StationStore:
             return f"audio {sha[:12]} cannot be read: {exc.strerror}"
         if h.hexdigest() == sha:
             return None
+        self.forget_audio(sha)
+        return f"audio {sha[:12]} changed on disk (hash {h.hexdigest()[:12]}): dropped"
+
+    def forget_audio(self, sha: str) -> None:
+        """A held file dropped: its record, then the file (a release's tar once unpacked)."""
         with self._lock, write(self.db):
             self.db.execute("DELETE FROM audio WHERE sha = ?", [sha])
         if self._present is not None:
             self._present.discard(sha)
         self.audio_path(sha).unlink(missing_ok=True)
-        return f"audio {sha[:12]} changed on disk (hash {h.hexdigest()[:12]}): dropped"
 
     def discard_part(self, sha: str) -> None:
         self._parts.pop(sha, None)

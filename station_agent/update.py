@@ -139,7 +139,9 @@ class Updater:
             return
         if phase == S.FETCHING:
             # the switch restarts the agent: never while something is on air or about to be
-            if self.store.has_audio(self.st["sha"]) and self.air_free():
+            have = self.slots.installed(self.st["version"]) or \
+                self.store.has_audio(self.st["sha"])
+            if have and self.air_free():
                 self._install()
         elif phase == S.TRIAL and self.slot == self.st.get("version"):
             self._check_health()
@@ -164,6 +166,7 @@ class Updater:
         self.store.command_progress(st["cmd"], "started", f"{st['version']} installed; "
                                     "switching", self.clock.now(), {"step": "switch"})
         S.fault_point("switch-written")
+        self.store.forget_audio(st["sha"])  # unpacked in its slot: the tar is not kept
         log.info("release %s installed in its slot; handing over to the launcher",
                  st["version"])
         self.exit_for_switch()
@@ -204,6 +207,7 @@ class Updater:
 
     def _finish(self) -> None:
         keep = {self.st["version"], self.st.get("from") or S.BASE}
+        self.store.forget_audio(self.st["sha"])  # (again, after a cut before the switch)
         self.slots.write_state(None)
         self.st = {}
         self.slots.prune(keep)
@@ -220,6 +224,7 @@ class Updater:
                                         f"{st.get('from')}: {st.get('reason')}",
                                         self.clock.now(), {"version": st["version"],
                                                            "step": "rollback"})
+        self.store.forget_audio(st["sha"])
         self.slots.write_state(None)
         self.slots.prune({self.slot})
         self.st = {}

@@ -145,6 +145,10 @@ def test_good_release_survives_a_power_cut_at_every_step(fleet, tmp_path):
     assert "0.1.1" in detail and "self-test passed" in detail and "broker reached" in detail
     wait_for(lambda: not slots(fleet).state(), 10, "the update's state cleared")
     assert slots(fleet).current() == "0.1.1"
+    # the tar is not kept once unpacked; the slot gone back to (base) needs none
+    assert not (fleet.station_dir(SID) / "data" / "audio" / f"{release['sha']}.opus").exists()
+    assert sorted(p.name for p in slots(fleet).root.iterdir() if p.is_dir()
+                  and not p.is_symlink()) == ["0.1.1"]
     # the station runs on: a command after the update is carried out by the new version
     rep = fleet.give("report", f"station:{SID}", {})
     wait_for(lambda: target(fleet, rep)["state"] == "done", 30, "a report after the update")
