@@ -33,3 +33,32 @@ def render_acl(prefix: str = "loaxa", hub_cn: str = HUB_CN) -> str:
         "",
         "# Every other client is a station whose certificate CN is its station id (%u).",
         *station, ""])
+
+
+# what crosses a bridge from a commune (edge) broker to the hub's broker, and back:
+# (topic pattern under the prefix, direction seen from the edge broker)
+BRIDGE_TOPICS = (
+    ("station/+/state", "out"), ("station/+/events", "out"), ("station/+/health", "out"),
+    ("station/+/fetch", "out"),
+    ("station/+/bundle", "in"), ("station/+/cmd", "in"), ("station/+/audio", "in"),
+    ("station/+/ack", "in"), ("all/#", "in"), ("group/#", "in"), ("hub/#", "in"),
+)
+
+
+def render_bridge(name: str, host: str, port: int, prefix: str = "loaxa", *,
+                  restart_s: tuple[int, int] = (2, 30)) -> str:
+    """A mosquitto bridge section for an edge broker the stations of a district or commune
+    connect to, toward the hub's broker (docs/scale.md, "Beyond one broker"). Each topic goes
+    one way only, so nothing can loop; QoS 1 and a persistent session on both sides, so what
+    is published while the bridge is down waits for it (`max_queued_messages`). MQTT 3.1.1:
+    mosquitto 2.0 has no session expiry for an MQTT 5 bridge, whose session at the hub's
+    broker then ends with each cut (a command given meanwhile was lost: tests/faults/
+    test_bridge.py found it); our messages carry no MQTT 5 properties, so nothing is lost in
+    the translation, and `try_private` keeps the retained flag."""
+    p = Topics(prefix).prefix
+    lines = [f"connection {name}", f"address {host}:{port}",
+             "bridge_protocol_version mqttv311", f"remote_clientid loaxa-bridge-{name}",
+             "cleansession false", "local_cleansession false", "try_private true",
+             "notifications false", f"restart_timeout {restart_s[0]} {restart_s[1]}"]
+    lines += [f"topic {p}/{pattern} {direction} 1" for pattern, direction in BRIDGE_TOPICS]
+    return "\n".join(lines) + "\n"

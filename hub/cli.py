@@ -118,6 +118,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = _leaf(hs, "acl", help="print the broker's ACL for this hub's topic prefix")
     p.set_defaults(fn=cmd_acl)
+    p = _leaf(hs, "bridge", help="print the bridge section for a commune or district broker "
+              "that its stations connect to, toward this hub's broker (docs/scale.md)")
+    p.add_argument("name", help="the edge broker's name (letters, digits, - and _)")
+    p.add_argument("--host", help="the hub's broker as the edge reaches it (default: hub.toml)")
+    p.add_argument("--port", type=int, help="its port (default: hub.toml)")
+    p.set_defaults(fn=cmd_bridge)
 
     p = _leaf(hs, "alarm", help="alarms: list, acknowledge")
     al = p.add_subparsers(dest="alarm_cmd", required=True)
@@ -589,6 +595,17 @@ def cmd_emergency(args) -> int:
         print(f"Tin khẩn cấp tại chỗ / local emergency message for {target}: "
               f"{content['sha'][:12]}")
         _warn_if_not_serving(store)
+    return 0
+
+
+def cmd_bridge(args) -> int:
+    from deploy.mosquitto_conf import render_bridge
+    from protocol.topics import ID_RE
+    if not ID_RE.match(args.name):
+        raise HubError(f"tên {args.name!r} không hợp lệ / bad name: letters, digits, - and _")
+    cfg = hubconfig.load(args.home)
+    print(render_bridge(args.name, args.host or cfg.broker.host, args.port or cfg.broker.port,
+                        cfg.prefix), end="")
     return 0
 
 
