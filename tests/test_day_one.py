@@ -244,6 +244,13 @@ def test_the_acl_follows_the_prefix(capsys, tmp_path):
     capsys.readouterr()
     assert run("hub", "--home", h, "acl") == 0
     assert capsys.readouterr().out == other
+    # the bridge of a commune broker carries the same prefix, each topic one way
+    assert run("hub", "--home", h, "bridge", "xa-1", "--host", "hub.example.vn") == 0
+    bridge = capsys.readouterr().out
+    assert "connection xa-1\naddress hub.example.vn:1883\n" in bridge
+    assert "topic tinh-lao-cai/station/+/events out 1" in bridge
+    assert "topic tinh-lao-cai/all/# in 1" in bridge and " both " not in bridge
+    assert run("hub", "--home", h, "bridge", "x y") == 2
 
 
 # -- agent status -----------------------------------------------------------------------------
