@@ -1,4 +1,4 @@
-"""Fault 8 (issue 11, "beyond one machine"): the stations on a commune's own mosquitto, bridged to
+"""Fault 9 (issue 11, "beyond one machine"): the stations on a commune's own mosquitto, bridged to
 the hub's (deploy/mosquitto_conf.py `render_bridge`). Bundles, audio, commands and reports
 cross the bridge; the bridge is cut (a TCP proxy between the two brokers) while the stations
 play and report and the hub changes the programme and gives a command; once it is restored
@@ -90,7 +90,7 @@ def test_bridge_cut_and_restored_loses_and_duplicates_nothing(bridged, figures):
         seqs = Counter(e["seq"] for e in fleet.store.q(
             "SELECT seq FROM events WHERE station_id = ?", [sid]))
         assert seqs and max(seqs.values()) == 1  # no event stored twice
-    figures("F8 bridge restored to both stations converged and reported", time.monotonic() - t0,
+    figures("F9 bridge restored to both stations converged and reported", time.monotonic() - t0,
             "s")
     # the bridge came back by itself: it is the edge broker that reconnects
     assert "Connecting bridge" in (edge.dir / "mosquitto.log").read_text()
