@@ -5,7 +5,8 @@ the station executes with.
 """
 from .model import Item, Occurrence, Priority, QuietHours, TZ
 from .evaluate import (active_at, may_start, next_start, occurrences, overdue, playing_at,
-                       startable_at)
+                       startable_at, starting_within)
 
 __all__ = ["Item", "Occurrence", "Priority", "QuietHours", "TZ", "active_at", "may_start",
-           "next_start", "occurrences", "overdue", "playing_at", "startable_at"]
+           "next_start", "occurrences", "overdue", "playing_at", "startable_at",
+           "starting_within"]

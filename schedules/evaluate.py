@@ -178,6 +178,17 @@ def startable_at(items: Iterable[Item], t: datetime, *,
     return out
 
 
+def starting_within(items: Iterable[Item], t: datetime, seconds: float, *,
+                    quiet: QuietHours | None = None) -> list[Occurrence]:
+    """Occurrences that start after ``t`` and at most ``seconds`` later, earliest first (then
+    best): what a station pre-rolls for (relay, power-good, warm-up before the instant)."""
+    out = [Occurrence(s, item) for item in items
+           for s in _starts(item, t + _EPS, t + timedelta(seconds=seconds) + _EPS)
+           if s > t and _allowed(item, s, quiet)]
+    out.sort(key=lambda o: (o.start, _rank(o)))
+    return out
+
+
 def overdue(items: Iterable[Item], since: datetime, t: datetime, *,
             quiet: QuietHours | None = None) -> list[Occurrence]:
     """Occurrences whose late-start window closed in [since, t): if they have not started by

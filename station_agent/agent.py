@@ -83,7 +83,8 @@ class Agent:
                              clock=self.clock, warmup_ms=cfg.warmup_ms,
                              power_good_timeout_ms=cfg.power_good_timeout_ms,
                              alarm=self.alarm, stream_stall_s=cfg.stream_stall_s,
-                             hold_ms=cfg.amp_hold_ms, selftest_at=cfg.selftest_at)
+                             hold_ms=cfg.amp_hold_ms, selftest_at=cfg.selftest_at,
+                             preroll=cfg.preroll)
         floor = self.store.get("hub.time_floor")
         self.hub_time = HubTime(parse_iso(floor) if floor else None)
         self._hub_time_saved = -1e9
@@ -234,7 +235,9 @@ class Agent:
             while not stop.is_set():
                 self.step()
                 notify.watchdog()
-                stop.wait(0.05)
+                # a pre-rolled item's sound starts at its instant, not at the next turn
+                due = self.runner.due_in()
+                stop.wait(0.05 if due is None else min(0.05, due))
         finally:
             notify.stopping()
             self.stop()

@@ -53,6 +53,7 @@ class StationConfig:
     clock_max_step_s: float = 30.0
     clock_max_skew_s: float = 60.0
     release_public: str | None = None  # the hub's release key: signs software updates
+    preroll: bool = True  # relay, power-good and warm-up before a scheduled instant
 
 
 def _get(d: dict, key: str, typ: type | tuple, errors: list[str], where: str, default=...):
@@ -160,6 +161,7 @@ def load(path: str | Path) -> StationConfig:
         warmup_ms=_get(au, "warmup_ms", int, errors, "audio", 500),
         volume=float(_get(au, "volume", (int, float), errors, "audio", 1.0) or 0.0),
         stream_stall_s=float(_get(au, "stream_stall_s", (int, float), errors, "audio", 5.0)),
+        preroll=bool(_get(au, "preroll", bool, errors, "audio", True)),
         power_good_timeout_ms=_get(hw, "power_good_timeout_ms", int, errors, "hardware", 3000),
         amp_hold_ms=_get(hw, "amp_hold_ms", int, errors, "hardware", 2000),
         heartbeat_s=_get(st, "heartbeat_s", int, errors, "station", 60),

@@ -12,7 +12,8 @@ from datetime import datetime, time, timedelta
 from typing import Any, Callable
 
 from protocol.clock import Clock, iso, parse_iso
-from schedules import TZ, Item, Occurrence, Priority, QuietHours, overdue, startable_at
+from schedules import (TZ, Item, Occurrence, Priority, QuietHours, overdue, startable_at,
+                       starting_within)
 
 from .store import StationStore
 
@@ -20,6 +21,8 @@ log = logging.getLogger("loaxa.runner")
 MISSED_LOOKBACK = timedelta(days=1)
 ZONE_SETTLE_S = 0.03  # relay contacts settle in ~10 ms; feedback is read after this
 CHECKPOINT_EVERY_S = 60.0
+PREROLL_MARGIN_S = 0.25   # pre-roll this much more than the sequence is expected to take
+POWER_GOOD_GUESS_S = 1.0  # the amplifier's power-good delay until one has been measured
 
 
 @dataclass
@@ -38,6 +41,7 @@ class _Current:
     stream_failure: str | None = None   # why a relay fell back to its fallback content
     selftest: bool = False              # a silent self-test: the sequence without audio
     key: str | None = None              # the record's key, if not the occurrence's
+    preroll: bool = False               # begun before its instant; no sound until then
 
 
 @dataclass
@@ -55,7 +59,7 @@ class Runner:
     def __init__(self, *, store: StationStore, board: Any, player: Any, clock: Clock,
                  warmup_ms: int = 500, power_good_timeout_ms: int = 3000,
                  alarm: Callable[[str, bool, str], None] | None = None,
-                 stream_stall_s: float = 5.0, hold_ms: int = 0,
+                 stream_stall_s: float = 5.0, hold_ms: int = 0, preroll: bool = True,
                  selftest_at: str | None = None) -> None:
         self.store = store
         self.board = board
@@ -77,6 +81,8 @@ class Runner:
         self._checked_until: datetime | None = None
         self._checked_saved = -1e9
         self.queued: list[Queued] = []
+        self.preroll = preroll
+        self._pg_delay_s = POWER_GOOD_GUESS_S  # the last power-good delay measured
         # told of every record (key, item id, outcome, detail): commands follow their plays
         self.on_record: Callable[[str, str, str, str], None] = lambda *a: None
 
@@ -99,7 +105,7 @@ class Runner:
         self.board.zones_off()
         self.board.amp_off()
         now = self.clock.now()
-        keys = self.store.interrupted_plays()
+        keys = self.store.interrupted_plays(now)
         for key in keys:
             self.store.finish_play(key, "interrupted", "agent restarted during playback", now)
         return len(keys)
@@ -145,7 +151,7 @@ class Runner:
             self.mic_preempted = None  # the emergency that took the microphone's air is over
         cur = self.current
         if cur is None and best is None:
-            if timed:
+            if timed and not self._maybe_preroll(items, quiet, now):
                 self._maybe_selftest(now)
             return
         if cur is not None:
@@ -157,6 +163,36 @@ class Runner:
                 self._advance(now)
         elif best is not None:
             self._start(best, now)
+
+    # -- pre-roll ---------------------------------------------------------------------------
+    @property
+    def preroll_s(self) -> float:
+        """How long before its instant a scheduled item's sequence begins: power-good (as last
+        measured), warm-up, the zones' settling, and a margin."""
+        return self._pg_delay_s + self.warmup_s + ZONE_SETTLE_S + PREROLL_MARGIN_S
+
+    def _maybe_preroll(self, items: list[Item], quiet: QuietHours | None,
+                       now: datetime) -> bool:
+        """Close the relay and warm the amplifier up ahead of the next scheduled start, so its
+        first sound leaves at the instant (docs/hardware.md, "Pre-roll")."""
+        if not self.preroll or not items:
+            return False
+        for o in starting_within(items, now, self.preroll_s, quiet=quiet):
+            if self.store.play_state(o.key) is not None:
+                continue
+            if not o.item.stream and not self.store.has_audio(o.item.content):
+                continue  # recorded missed at its instant, as without pre-roll
+            self._begin(o, now, preroll=True)
+            return True
+        return False
+
+    def due_in(self) -> float | None:
+        """Seconds until a pre-rolled item's instant (its sound waits for it), for a loop that
+        would otherwise sleep past it; None when nothing waits."""
+        cur = self.current
+        if cur is None or not cur.preroll or cur.playback is not None:
+            return None
+        return max(0.0, (cur.occ.start - self.clock.now()).total_seconds())
 
     @property
     def busy(self) -> bool:
@@ -327,23 +363,30 @@ class Runner:
             return
         self._begin(occ, now, relay_already_on)
 
-    def _begin(self, occ: Occurrence, now: datetime, relay_already_on: bool = False) -> None:
+    def _begin(self, occ: Occurrence, now: datetime, relay_already_on: bool = False,
+               preroll: bool = False) -> None:
         bad = None if occ.item.stream else self.store.verify_audio(occ.item.content)
         if bad:  # changed on disk since it was verified: never put it on air
             self.store.start_play(occ.key, occ.item.id, occ.item.content, occ.start, now)
             self.current = _Current(occ, now, self.clock.monotonic())
             self._fail(now, "audio", bad, "audio_corrupt")
             return
-        self.store.start_play(occ.key, occ.item.id, occ.item.content, occ.start, now)
+        self.store.start_play(occ.key, occ.item.id, occ.item.content, occ.start, now,
+                              state="preroll" if preroll else "started")
         mono = self.clock.monotonic()
         self._amp_off_at = None
         if not self.board.amp_relay_on:
             self.board.amp_on()
-        self.current = _Current(occ, now, mono)
-        log.info("on air soon: %s (%s)", occ.key, occ.item.title)
+        self.current = _Current(occ, now, mono, preroll=preroll)
+        if preroll:  # ("on air soon" is logged when its sound starts)
+            log.info("pre-roll: %s (%s), %.2f s ahead", occ.key, occ.item.title,
+                     (occ.start - now).total_seconds())
+        else:
+            log.info("on air soon: %s (%s)", occ.key, occ.item.title)
         self._advance(now)
-        # the relay first (and the sound, when nothing has to warm up), then the report
-        self.on_record(occ.key, occ.item.id, "started", "")
+        if not preroll:
+            # the relay first (and the sound, when nothing has to warm up), then the report
+            self.on_record(occ.key, occ.item.id, "started", "")
 
     def _fail(self, now: datetime, step: str, reason: str, alarm: str) -> None:
         """Abort cleanly at ``step``: zones and amplifier off, the outcome and an alarm."""
@@ -363,6 +406,7 @@ class Runner:
                     return
                 if self.board.amp_power_good:
                     cur.power_good_at, cur.power_good_mono = now, mono
+                    self._pg_delay_s = min(mono - cur.relay_on_mono, self.pg_timeout_s)
                     mismatch = self.board.feedback_mismatch()
                     if mismatch:
                         self._fail(now, "amp_relay", "; ".join(mismatch), "relay")
@@ -397,6 +441,8 @@ class Runner:
                           hold=False)
                 return
             item = cur.occ.item  # 4. play
+            if cur.preroll and now < cur.occ.start:
+                return  # pre-rolled: relay closed, amplifier warm; the sound waits its instant
             try:
                 if item.stream:
                     cur.playback = self.player.start_stream(
@@ -405,6 +451,10 @@ class Runner:
                     cur.playback = self.player.start(self.store.audio_path(item.content))
                 cur.play_mono = mono
                 self.board.audio_signal(True)
+                if cur.preroll:  # after the sound started: the row already holds it
+                    log.info("on air soon: %s (%s), pre-rolled", cur.occ.key, item.title)
+                    self.store.on_air(cur.occ.key, now)
+                    self.on_record(cur.occ.key, cur.occ.item.id, "started", "")
             except Exception as exc:  # the device or ffmpeg is missing
                 self.alarm("audio_device", True, f"player did not start: {exc}")
                 self._end(now, "failed", f"player did not start: {exc}")
@@ -445,6 +495,16 @@ class Runner:
         """5. zones off, then the amplifier off after the hold (or at once on a failure)."""
         cur = self.current
         assert cur is not None
+        if cur.preroll and cur.playback is None and outcome in ("preempted", "interrupted"):
+            # given up before its instant: no sound went out, so it is not recorded; it may
+            # still start in its own window (after what preempted it)
+            self.current = None
+            if not keep_relay:
+                self.board.zones_off()
+                self.board.amp_off()
+            self.store.abandon_preroll(cur.occ.key)
+            log.info("%s: pre-roll given up (%s)", cur.occ.key, detail)
+            return
         if stop_player and cur.playback is not None:
             cur.playback.stop()
         if cur.playback is not None:

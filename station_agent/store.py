@@ -388,12 +388,26 @@ class StationStore:
         return row[0] if row else None
 
     def start_play(self, key: str, item: str, content: str, scheduled: datetime,
-                   at: datetime) -> None:
+                   at: datetime, state: str = "started") -> None:
         """Recorded before the sound starts, so a crash never lets the same occurrence play
-        twice."""
+        twice. ``preroll``: its sequence runs ahead of its instant (relay, power-good,
+        warm-up) and no sound has started; see ``interrupted_plays``."""
         with self._lock, write(self.db):
-            self.db.execute("INSERT INTO plays VALUES (?, ?, ?, ?, ?, NULL, 'started', '')",
-                            [key, item, content, iso(scheduled), iso(at)])
+            self.db.execute("INSERT INTO plays VALUES (?, ?, ?, ?, ?, NULL, ?, '')",
+                            [key, item, content, iso(scheduled), iso(at), state])
+
+    def on_air(self, key: str, at: datetime) -> None:
+        """A pre-rolled occurrence's sound started (written just after: the row already keeps
+        it from starting twice)."""
+        with self._lock, write(self.db):
+            self.db.execute("UPDATE plays SET outcome = 'started', started_at = ? WHERE key = ? "
+                            "AND outcome = 'preroll'", [iso(at), key])
+
+    def abandon_preroll(self, key: str) -> None:
+        """A pre-roll given up before its instant (preempted, the agent stopping): no sound
+        went out, so the occurrence may still start in its own window."""
+        with self._lock, write(self.db):
+            self.db.execute("DELETE FROM plays WHERE key = ? AND outcome = 'preroll'", [key])
 
     def finish_play(self, key: str, outcome: str, detail: str, at: datetime,
                     extra: dict[str, Any] | None = None) -> int:
@@ -419,6 +433,13 @@ class StationStore:
                 "occurrence": key, "item": item, "content": content, "scheduled": iso(scheduled),
                 "started": None, "ended": None, "outcome": outcome, "detail": reason}, at)
 
-    def interrupted_plays(self) -> list[str]:
+    def interrupted_plays(self, now: datetime | None = None) -> list[str]:
+        """After a crash: plays whose sound may have started. A pre-roll whose instant had not
+        come is dropped instead (its sound never starts before the instant), so it still
+        plays; one whose instant had passed counts as started (never twice)."""
+        if now is not None:
+            with self._lock, write(self.db):
+                self.db.execute("DELETE FROM plays WHERE outcome = 'preroll' AND "
+                                "scheduled_at > ?", [iso(now)])
         return [r[0] for r in self.db.execute(
-            "SELECT key FROM plays WHERE outcome = 'started'").fetchall()]
+            "SELECT key FROM plays WHERE outcome IN ('started', 'preroll')").fetchall()]
