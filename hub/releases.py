@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
 import tarfile
 from datetime import timedelta
@@ -23,7 +22,7 @@ from typing import Any
 
 from protocol.clock import iso
 from protocol.envelope import Signer, public_to_text, seal
-from protocol.storage import write
+from protocol.storage import write, write_file
 
 from . import config as hubconfig
 from .config import HubError
@@ -95,12 +94,7 @@ def make_release(cfg: hubconfig.HubConfig, store: HubStore, wheels: list[Path], 
         return existing[0]
     path = release_path(cfg.home, sha)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        f.write(blob)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_file(path, blob)
     manifest = {"version": version, "sha": sha, "size": len(blob), "wheels": listed,
                 "notes": notes[:500]}
     raw = seal("release", manifest, signer=release_signer(cfg), seq=0, now=now,

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol.clock import iso, parse_iso
-from protocol.storage import Migrations, open_db, write
+from protocol.storage import Migrations, open_db, write, write_file
 
 from .display import show
 
@@ -316,12 +316,7 @@ class HubStore:
         """Store prepared audio (crash-safe) and its record; False if it was already there."""
         path = self.content_path(sha)
         if not path.exists():
-            tmp = path.with_suffix(".tmp")
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            write_file(path, data)
         with self.lock, write(self.db):
             if self.q("SELECT 1 FROM content WHERE sha = ?", [sha]):
                 return False

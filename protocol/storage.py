@@ -26,6 +26,16 @@ def open_db(path: str | os.PathLike[str]) -> sqlite_utils.Database:
     return db
 
 
+def write_file(path: str | os.PathLike[str], data: bytes) -> None:
+    """``data`` at ``path`` whole or not at all: written beside, fsync'd, renamed."""
+    tmp = f"{os.fspath(path)}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 @contextmanager
 def write(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
     """A write transaction that takes the write lock at BEGIN (IMMEDIATE), so it waits for

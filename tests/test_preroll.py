@@ -9,19 +9,10 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 
-import pytest
 
 from schedules import Item, Priority
 from station_agent.runner import Runner
-from test_runner import T0, Station, clips, item  # noqa: F401 (clips: a fixture)
-
-
-@pytest.fixture
-def station(tmp_path, clips, sink):
-    s = Station(tmp_path, clips, sink)
-    yield s
-    s.board.close()
-    s.store.close()
+from test_runner import T0, Station, clips, item, station  # noqa: F401 (fixtures)
 
 
 def tick_until(station, pred, timeout=15.0, step=0.005):
