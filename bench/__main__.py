@@ -9,6 +9,10 @@ fresh one (bench/occurrences.py); issue 13's target: at most 1.2 ×.
 hub_heartbeat — heartbeats from 1,000 stations through the hub's handler, beside verify +
 one UPDATE per message (bench/hub_messages.py); issue 13's target: at least 60 %.
 
+reconnect_storm — P2 (issue 11): 2,000 simulated stations with 100 queued playback records
+each connect at once; the hub's drain rate beside sqlite-utils insert_all of the same rows,
+nothing lost or doubled (bench/reconnect_storm.py); target: at least 25 %.
+
 audio_prepare — a 60-second Vietnamese announcement (speech synthesised once, beforehand,
 not timed; also quiet at 44.1 kHz stereo, and as MP3) prepared by audio.prepare, against the
 raw ffmpeg decode + Opus encode of the same input. Median of 5 runs each. Targets (issues 4
@@ -103,10 +107,11 @@ def main() -> int:
     from bench.hub_messages import run as bench_hub_heartbeat
     from bench.occurrences import run as bench_occurrences
     from bench.p1_alert import run as bench_p1_alert
+    from bench.reconnect_storm import run as bench_reconnect_storm
     from bench.web_console import run as bench_web_console
     benches = {"occurrences": bench_occurrences, "hub_heartbeat": bench_hub_heartbeat,
                "audio_prepare": bench_audio_prepare, "p1_alert": bench_p1_alert,
-               "web_console": bench_web_console}
+               "web_console": bench_web_console, "reconnect_storm": bench_reconnect_storm}
     chosen = sys.argv[1:] or list(benches)  # `python -m bench p1_alert`: one of them
     unknown = [c for c in chosen if c not in benches]
     if unknown:

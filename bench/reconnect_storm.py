@@ -1,0 +1,163 @@
+"""P2 (issue 11): a reconnect storm. 2,000 simulated stations, each with 100 playback records
+queued in its outbox while it was away (a week offline), connect at once (`loaxa sim fleet`,
+one process) to `hub serve` (its own process) on a real mosquitto. Measured: the time from the
+fleet starting to connect until every record is stored at the hub, as a rate; whether any was
+lost (each station's outbox empty, every record at the hub) or stored twice. Baseline in the
+same run: sqlite-utils `insert_all` of the same rows into the hub's `events` table, raw.
+Target: the hub drains at ≥ 25 % of the baseline's rate, zero lost, zero duplicated.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+QUEUED = 100
+
+
+def _records(sid: str, n: int, t0: datetime) -> list[tuple[str, dict, datetime]]:
+    out = []
+    for i in range(n):
+        at = t0 + timedelta(hours=i)
+        key = f"it{i % 5}@{at:%Y%m%dT%H%M%SZ}"
+        out.append(("playback", {"occurrence": key, "item": f"it{i % 5}", "content": "a" * 64,
+                                 "scheduled": at.isoformat(), "started": at.isoformat(),
+                                 "ended": (at + timedelta(seconds=60)).isoformat(),
+                                 "outcome": "played", "detail": ""}, at))
+    return out
+
+
+def _fill(configs, t0: datetime) -> int:
+    """Each station's outbox: QUEUED playback records, as a week offline leaves them."""
+    from protocol.storage import write
+    from station_agent.store import StationStore
+    n = 0
+    for c in configs:
+        s = StationStore(c.data_dir)
+        with s._lock, write(s.db):
+            for kind, data, at in _records(c.station_id, QUEUED, t0):
+                s._event(kind, data, at)
+                n += 1
+        s.close()
+    return n
+
+
+def _baseline(rows: list[dict]) -> float:
+    """Rows per second: sqlite-utils insert_all into the hub's own events table, raw."""
+    from hub.store import HubStore
+    with tempfile.TemporaryDirectory(prefix="loaxa-p2-base-") as d:
+        store = HubStore(Path(d) / "hub.db")
+        t = time.perf_counter()
+        store.db["events"].insert_all(rows, batch_size=QUEUED)
+        elapsed = time.perf_counter() - t
+        store.close()
+    return len(rows) / elapsed
+
+
+def run(n: int = int(os.environ.get("LOAXA_P2_STATIONS", "2000"))) -> dict:
+    from deploy.broker import Mosquitto
+    from hub import config as hubconfig
+    from hub.admin import init_hub
+    from hub.store import HubStore
+    from protocol.clock import iso
+    from station_agent.simfleet import default_root, enrol
+    from station_agent.store import StationStore
+
+    work = Path(tempfile.mkdtemp(prefix="loaxa-p2-"))
+    root = default_root() / f"loaxa-p2-{os.getpid()}"
+    broker = Mosquitto(work / "broker").start()
+    procs: list[subprocess.Popen] = []
+    try:
+        home = work / "hub"
+        init_hub(home, broker_host="127.0.0.1", broker_port=broker.port)
+        cfg = hubconfig.load(home)
+        configs = enrol(home, n, root)
+        t0 = datetime.now(timezone.utc) - timedelta(days=7)
+        t = time.perf_counter()
+        queued = _fill(configs, t0)
+        fill_s = time.perf_counter() - t
+        now = iso(datetime.now(timezone.utc))
+        rows = [{"station_id": c.station_id, "seq": i + 1, "kind": k, "at": iso(at),
+                 "data": json.dumps(d, ensure_ascii=False), "received_at": now, "historical": 1}
+                for c in configs for i, (k, d, at) in enumerate(_records(c.station_id, QUEUED,
+                                                                            t0))]
+        baseline = _baseline(rows)
+        store = HubStore(cfg.db_path)
+        env = dict(os.environ, PYTHONPATH=str(ROOT), LOAXA_LOG="WARNING")
+        prof = os.environ.get("LOAXA_P2_HUB_PROFILE")  # a developer's cProfile of the hub
+        hub = subprocess.Popen([sys.executable, *(["-m", "cProfile", "-o", prof] if prof else []),
+                                "-m", "deploy.cli", "hub", "--home", str(home), "serve"], stdout=open(work / "hub.log", "w"),
+                               stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        procs.append(hub)
+        time.sleep(2)  # the hub up and subscribed before the storm
+        log = work / "fleet.log"
+        fleet = subprocess.Popen([sys.executable, "-m", "deploy.cli", "sim", "fleet",
+                                  "--stations", str(n), "--hub-home", str(home), "--root",
+                                  str(root)], stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                                 env=env, cwd=ROOT)
+        procs.append(fleet)
+        deadline = time.monotonic() + 300
+        while "stations under" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)  # the fleet built, about to connect every station at once
+        t_storm = time.monotonic()
+        stored = 0
+        while stored < queued and time.monotonic() < deadline:
+            time.sleep(0.25)  # polling the hub's table, not waiting on a schedule
+            stored = store.q("SELECT count(*) AS n FROM playbacks")[0]["n"]
+        drain_s = time.monotonic() - t_storm
+        # the acknowledgements reach the stations: every outbox empties
+        left = queued
+        while left and time.monotonic() < deadline:
+            time.sleep(1)
+            left = 0
+            for c in configs[:: max(1, n // 50)]:  # a sample while it runs
+                s = StationStore(c.data_dir)
+                left += s.db.execute("SELECT count(*) FROM outbox WHERE kind = 'playback'"
+                                     ).fetchone()[0]
+                s.close()
+        for p in procs[::-1]:
+            p.send_signal(signal.SIGTERM)
+            p.wait(120)
+        left = 0
+        for c in configs:  # all of them, the fleet stopped
+            s = StationStore(c.data_dir)
+            left += s.db.execute("SELECT count(*) FROM outbox WHERE kind = 'playback'"
+                                 ).fetchone()[0]
+            s.close()
+        per_station = store.q("SELECT station_id, count(*) AS n, count(DISTINCT occurrence) AS d "
+                              "FROM playbacks GROUP BY station_id")
+        store.close()
+        stored_rows = sum(r["n"] for r in per_station)
+        duplicated = sum(r["n"] - r["d"] for r in per_station)
+        rate = stored / drain_s if drain_s else 0
+        ratio = rate / baseline
+        return {
+            "name": "reconnect_storm", "stations": n, "queued_per_station": QUEUED,
+            "queued": queued, "fill_s": round(fill_s, 1),
+            "baseline_insert_all_rows_per_s": round(baseline),
+            "stored": stored_rows, "lost_in_outboxes": left,
+            "lost": queued - stored_rows, "duplicated": duplicated,
+            "drain_s": round(drain_s, 1), "hub_rows_per_s": round(rate),
+            "ratio_to_baseline": round(ratio, 3), "target_ratio": 0.25,
+            "meets_targets": bool(stored_rows == queued and left == 0 and duplicated == 0
+                                  and ratio >= 0.25)}
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        broker.stop()
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(int(sys.argv[1]) if len(sys.argv) > 1 else 2000), indent=1))
