@@ -53,6 +53,9 @@ class HubLink:
         self.counters: dict[str, int] = {}
         self._rings: dict[str, KeyRing] = {}
         self._heartbeats: dict[str, dict[str, Any]] = {}  # kept by handle, written by flush
+        # reports of one turn share one transaction (one fsync); their acks go after it
+        self._report_tx = False
+        self._acks: list[tuple[str, list[int]]] = []
         self._certs_checked = -1e9  # certificate expiry: at start, then hourly
         # chunks handed to paho and not yet acknowledged, by (station, sha, offset): paho
         # re-sends them after a reconnect, so a repeated fetch must not send them again
@@ -83,6 +86,7 @@ class HubLink:
         self.link.start()
 
     def stop(self) -> None:
+        self._commit_reports()
         self.link.stop()
 
     def run(self, stop: threading.Event) -> None:
@@ -113,6 +117,7 @@ class HubLink:
             except queue.Empty:
                 msg = None
         self.flush()
+        self._commit_reports()
         self.publish_commands()  # first: a command must not wait for a fleet's replanning
         self.replan_if_changed()
         if self.clock.monotonic() - self._watched >= WATCH_EVERY_S:
@@ -311,6 +316,8 @@ class HubLink:
             self._count("ignored.topic")
             return
         sid, leaf = parsed
+        if leaf not in ("events", "health"):
+            self._commit_reports()  # the other handlers commit (and publish) on their own
         now = self.clock.now()
         try:
             ring = self._ring(sid)
@@ -448,7 +455,8 @@ class HubLink:
             sent_at = parse_iso(body["sent_at"]) if body.get("sent_at") else None
         except ValueError:
             raise Refused(Reason.MALFORMED, "bad sent_at") from None
-        with self.store.lock, write(self.store.db):  # events and live state: one commit
+        self._begin_reports()
+        with self.store.lock, write(self.store.db):  # events and live state: a savepoint
             new = self.store.store_events(sid, events, self.clock.now(), sent_at)
             if isinstance(body.get("state"), dict):
                 self._apply_summary(sid, body["state"])
@@ -458,9 +466,42 @@ class HubLink:
                     cur = self.store.state(sid) or {}
                     self.store.set_state(sid, started_at=e["at"],
                                          restarts=(cur.get("restarts") or 0) + 1)
-        # acknowledged only after the commit above: every seq of the batch is now stored
-        self.link.publish(self.topics.ack(sid), self._seal(
-            "ack", {"station": sid, "seqs": [e["seq"] for e in events]}, timedelta(days=1)))
+        # acknowledged only after the turn's commit (_commit_reports): every seq stored
+        self._acks.append((sid, [e["seq"] for e in events]))
+
+    def _begin_reports(self) -> None:
+        """The turn's reports in one transaction: a commit (an fsync) per report made a
+        reconnect storm of 2,000 stations wait on the disk (bench/reconnect_storm.py)."""
+        if not self._report_tx:
+            self.store.lock.acquire()
+            try:
+                self.store.db.execute("BEGIN IMMEDIATE")
+            except BaseException:
+                self.store.lock.release()
+                raise
+            self._report_tx = True
+
+    def _commit_reports(self) -> None:
+        """Commit the turn's reports, then acknowledge them (never before: an ack is the
+        station's licence to forget). A failed commit acknowledges nothing: the stations
+        send again."""
+        if not self._report_tx:
+            return
+        acks, self._acks = self._acks, []
+        try:
+            self.store.db.execute("COMMIT")
+        except BaseException:
+            if self.store.db.conn.in_transaction:
+                self.store.db.execute("ROLLBACK")
+            log.exception("committing %d reports failed; the stations send them again",
+                          len(acks))
+            acks = []
+        finally:
+            self._report_tx = False
+            self.store.lock.release()
+        for sid, seqs in acks:
+            self.link.publish(self.topics.ack(sid), self._seal(
+                "ack", {"station": sid, "seqs": seqs}, timedelta(days=1)))
 
     def _on_fetch(self, sid: str, body: dict[str, Any]) -> None:
         sha, offset = body.get("sha"), body.get("offset", 0)

@@ -171,17 +171,32 @@ def m008_play_days(db) -> None:
 
 def _count_play(db, sid: str, item: str | None, scheduled: str | None, started: str | None,
                 outcome: str | None, detail: str | None) -> None:
-    day = play_day(scheduled, started)
-    if day is None or not scheduled_play(item) or outcome == "started":
-        return
-    ok = outcome in PLAYED_OUTCOMES
-    db.execute("INSERT INTO play_days VALUES (?, ?, ?, ?) ON CONFLICT(station_id, day) DO "
-               "UPDATE SET played = played + excluded.played, missed = missed + excluded.missed",
-               [sid, day, int(ok), int(not ok)])
-    if not ok:
-        reason = (outcome or "?") + (f": {detail[:60]}" if detail else "")
-        db.execute("INSERT INTO play_reasons VALUES (?, ?, ?, 1) ON CONFLICT(station_id, day, "
-                   "reason) DO UPDATE SET n = n + 1", [sid, day, reason])
+    _count_plays(db, sid, [(item, scheduled, started, outcome, detail)])
+
+
+def _count_plays(db, sid: str, plays: list[tuple]) -> None:
+    """The day roll-up of a station's plays, (item, scheduled, started, outcome, detail)
+    each: one upsert per day and per reason, however many plays a report carries."""
+    days: dict[str, list[int]] = {}
+    reasons: dict[tuple[str, str], int] = {}
+    for item, scheduled, started, outcome, detail in plays:
+        day = play_day(scheduled, started)
+        if day is None or not scheduled_play(item) or outcome == "started":
+            continue
+        ok = outcome in PLAYED_OUTCOMES
+        tally = days.setdefault(day, [0, 0])
+        tally[0 if ok else 1] += 1
+        if not ok:
+            reason = (outcome or "?") + (f": {detail[:60]}" if detail else "")
+            reasons[(day, reason)] = reasons.get((day, reason), 0) + 1
+    db.conn.executemany(
+        "INSERT INTO play_days VALUES (?, ?, ?, ?) ON CONFLICT(station_id, day) DO UPDATE SET "
+        "played = played + excluded.played, missed = missed + excluded.missed",
+        [(sid, day, p, m) for day, (p, m) in days.items()])
+    db.conn.executemany(
+        "INSERT INTO play_reasons VALUES (?, ?, ?, ?) ON CONFLICT(station_id, day, reason) "
+        "DO UPDATE SET n = n + excluded.n",
+        [(sid, day, reason, n) for (day, reason), n in reasons.items()])
 
 
 @migrations
@@ -372,8 +387,18 @@ class HubStore:
         An event sent long after it happened (by the station's own clock) is marked
         historical. Returns the events that were new, each with its ``historical`` flag."""
         new: list[dict[str, Any]] = []
+        received = iso(now)
         with self.lock, write(self.db):
+            # in bulk: one statement per table for the whole report (a reconnect storm is
+            # 2,000 stations' queued reports at once)
+            seqs = [e["seq"] for e in events]
+            held = {r[0] for r in self.db.execute(
+                f"SELECT seq FROM events WHERE station_id = ? AND seq IN "
+                f"({', '.join('?' * len(seqs))})", [sid, *seqs]).fetchall()}
             for e in events:
+                if e["seq"] in held:
+                    continue
+                held.add(e["seq"])  # a seq twice in one report: the first one counts
                 historical = 0
                 if sent_at is not None:
                     try:
@@ -381,25 +406,27 @@ class HubStore:
                         historical = int(lag > HISTORICAL_AFTER_S)
                     except ValueError:
                         historical = 1
-                cur = self.db.execute(
-                    "INSERT OR IGNORE INTO events(station_id, seq, kind, at, data, received_at, "
-                    "historical) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [sid, e["seq"], e["kind"], e["at"], json.dumps(e["data"], ensure_ascii=False),
-                     iso(now), historical])
-                if not cur.rowcount:
-                    continue
                 new.append({**e, "historical": historical})
+            self.db.conn.executemany(
+                "INSERT INTO events(station_id, seq, kind, at, data, received_at, historical) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(sid, e["seq"], e["kind"], e["at"], json.dumps(e["data"], ensure_ascii=False),
+                  received, e["historical"]) for e in new])
+            plays = [(e["seq"], e["historical"], e["data"]) for e in new
+                     if e["kind"] == "playback"]
+            if plays:
+                self.db.conn.executemany(
+                    "INSERT INTO playbacks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(sid, seq, d.get("occurrence"), d.get("item"), d.get("content"),
+                      d.get("scheduled"), d.get("started"), d.get("ended"), d.get("outcome"),
+                      d.get("detail", ""), received, h) for seq, h, d in plays])
+                _count_plays(self.db, sid, [(d.get("item"), d.get("scheduled"),
+                                             d.get("started"), d.get("outcome"),
+                                             d.get("detail", "")) for _, _, d in plays])
+            for e in new:
                 d = e["data"]
-                if e["kind"] == "playback":
-                    self.db.execute(
-                        "INSERT INTO playbacks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [sid, e["seq"], d.get("occurrence"), d.get("item"), d.get("content"),
-                         d.get("scheduled"), d.get("started"), d.get("ended"), d.get("outcome"),
-                         d.get("detail", ""), iso(now), historical])
-                    _count_play(self.db, sid, d.get("item"), d.get("scheduled"), d.get("started"),
-                                d.get("outcome"), d.get("detail", ""))
-                elif e["kind"] == "alarm" and isinstance(d.get("code"), str):
-                    self._alarm_history(sid, d, e["at"], historical)
+                if e["kind"] == "alarm" and isinstance(d.get("code"), str):
+                    self._alarm_history(sid, d, e["at"], e["historical"])
                 elif e["kind"] == "command" and isinstance(d.get("id"), str):
                     self._command_progress(sid, d, e["at"])
                 elif e["kind"] == "hubkey" and isinstance(d.get("kid"), str):
