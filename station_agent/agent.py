@@ -45,6 +45,7 @@ TRUST_SAVE_EVERY_S = 60.0
 TIME_ASK_EVERY_S = 10.0     # while the clock is not trusted
 TIME_CHECK_EVERY_S = 60.0   # while it is
 LINK_GRACE_S = 30.0         # a link not up this long after start is an alarm (not at once)
+REPORT_RETRY_MAX_S = 160.0  # the longest wait before an unacknowledged report goes again
 REFUSAL_REPORT_EVERY_S = 10.0  # a flood of one refusal is counted in full, reported sparingly
 REQUEST_EVERY_S = 0.5      # how often missing audio is looked over while a transfer runs
 PUSH_GRACE_S = 3.0          # a pushed file that makes no progress this long is fetched
@@ -109,6 +110,10 @@ class Agent:
             on_connected=lambda bdseq: self.link.inbox.put(_CONNECTED), loop=loop,
         )
         self._sent: dict[int, float] = {}        # outbox seq -> monotonic time last sent
+        # how long an unacknowledged report waits before it is sent again: doubled at each
+        # resend (an overloaded hub is not sent the same reports every 10 s by thousands of
+        # stations at once), back to report_retry_s at any ack and on a new connection
+        self._retry_s = float(cfg.report_retry_s)
         self._outbox_seen = -1  # store.appended when the outbox was last read
         self._fetching: dict[str, float] = {}    # sha -> monotonic time of last progress
         self._requested_at = -1e9  # when missing audio was last looked over
@@ -593,6 +598,7 @@ class Agent:
         self._publish_state()
         self._ask_time()
         self._sent.clear()  # resend anything unacknowledged on the new connection
+        self._retry_s = float(self.cfg.report_retry_s)
         self._outbox_seen = -1
         for sha in list(self._fetching):
             self._fetching[sha] = -1e9
@@ -614,13 +620,15 @@ class Agent:
         # the outbox is read only when there is something new or a report is due again
         # (this process is its only writer)
         if self.store.appended == self._outbox_seen and (
-                not self._sent or mono - min(self._sent.values()) < self.cfg.report_retry_s):
+                not self._sent or mono - min(self._sent.values()) < self._retry_s):
             return
         self._outbox_seen = self.store.appended
         batch = [e for e in self.store.pending_events(self.cfg.report_batch)
-                 if mono - self._sent.get(e["seq"], -1e9) >= self.cfg.report_retry_s]
+                 if mono - self._sent.get(e["seq"], -1e9) >= self._retry_s]
         if not batch:
             return
+        if any(e["seq"] in self._sent for e in batch):  # a resend: wait longer next time
+            self._retry_s = min(self._retry_s * 2, REPORT_RETRY_MAX_S)
         # in flight: this batch and what earlier reports carry that is not acknowledged yet
         seqs = {e["seq"] for e in batch}
         in_flight = len(seqs) + sum(1 for s in self._sent if s not in seqs)
@@ -739,10 +747,18 @@ class Agent:
                 self.store.acknowledge(seqs)
                 for s in seqs:
                     self._sent.pop(s, None)
+                self._retry_s = float(self.cfg.report_retry_s)  # the hub keeps up again
                 self._outbox_seen = -1  # what the acknowledged batch held back may go now
             elif msg.topic == t.hub_state():
                 if msg.payload:  # the hub's presence: its signed time is a floor for ours
-                    self._saw_hub(verify(msg.payload, self.hub_keys, now=None).iat)
+                    env = verify(msg.payload, self.hub_keys, now=None)
+                    self._saw_hub(env.iat)
+                    if env.body.get("online") is True and not msg.retain:
+                        # the hub (re)connected: what it has not acknowledged goes now,
+                        # whatever the resend back-off had grown to
+                        self._retry_s = float(self.cfg.report_retry_s)
+                        self._sent.clear()
+                        self._outbox_seen = -1
             else:
                 self._on_command(msg)
         except Refused as r:
