@@ -269,7 +269,14 @@ class Agent:
             self.handle(msg)
         # each phase on its own: a bug in one (logged, counted) never stops the others,
         # above all never the runner
-        tick = lambda: self.runner.tick(timed=self.trust.trusted)  # noqa: E731
+        def tick() -> None:
+            # the runner reads the clock again: if the wall clock moved unlike the monotonic
+            # one since the trust above was judged (a step between the two readings), nothing
+            # timed this turn; the next turn's trust judges the step (a day's step was taken
+            # once, under load, as trusted: the day's items were declared missed)
+            at = (self.clock.now(), self.clock.monotonic())
+            drift = (at[0] - now).total_seconds() - (at[1] - mono)
+            self.runner.tick(timed=self.trust.trusted and abs(drift) < 1.0, at=at)
         if light:  # reports: flush_due(), after the fleet has stepped every busy station
             phases = [tick, self._request_audio] if self._fetching else [tick]
         else:

@@ -117,11 +117,12 @@ class Runner:
         self.board.amp_off()
 
     # -- the loop --------------------------------------------------------------------------
-    def tick(self, timed: bool = True) -> None:
+    def tick(self, timed: bool = True, at: tuple[datetime, float] | None = None) -> None:
         """``timed=False`` while the clock is not trusted: what plays finishes, nothing timed
         starts and nothing is declared missed on the strength of a wrong clock; commanded
-        plays, judged by the monotonic clock, still start."""
-        now, mono = self.clock.now(), self.clock.monotonic()
+        plays, judged by the monotonic clock, still start. ``at``: (wall, monotonic) as the
+        caller read them to judge ``timed``."""
+        now, mono = at or (self.clock.now(), self.clock.monotonic())
         if self.current is None and self._amp_off_at is not None and mono >= self._amp_off_at:
             self.board.amp_off()  # the hold after the last item is over
             self._amp_off_at = None
