@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 QUEUED = 100
 
 
-def _records(sid: str, n: int, t0: datetime) -> list[tuple[str, dict, datetime]]:
+def _records(n: int, t0: datetime) -> list[tuple[str, dict, datetime]]:
     out = []
     for i in range(n):
         at = t0 + timedelta(hours=i)
@@ -43,7 +43,7 @@ def _fill(configs, t0: datetime) -> int:
     for c in configs:
         s = StationStore(c.data_dir)
         with s._lock, write(s.db):
-            for kind, data, at in _records(c.station_id, QUEUED, t0):
+            for kind, data, at in _records(QUEUED, t0):
                 s._event(kind, data, at)
                 n += 1
         s.close()
@@ -87,8 +87,7 @@ def run(n: int = int(os.environ.get("LOAXA_P2_STATIONS", "2000"))) -> dict:
         now = iso(datetime.now(timezone.utc))
         rows = [{"station_id": c.station_id, "seq": i + 1, "kind": k, "at": iso(at),
                  "data": json.dumps(d, ensure_ascii=False), "received_at": now, "historical": 1}
-                for c in configs for i, (k, d, at) in enumerate(_records(c.station_id, QUEUED,
-                                                                            t0))]
+                for c in configs for i, (k, d, at) in enumerate(_records(QUEUED, t0))]
         baseline = _baseline(rows)
         store = HubStore(cfg.db_path)
         env = dict(os.environ, PYTHONPATH=str(ROOT), LOAXA_LOG="WARNING")

@@ -53,10 +53,6 @@ def release_public(cfg: hubconfig.HubConfig) -> str:
     return public_to_text(release_signer(cfg).public)
 
 
-def release_path(home: Path, sha: str) -> Path:
-    return home / "releases" / f"{sha}.tar"
-
-
 def make_release(cfg: hubconfig.HubConfig, store: HubStore, wheels: list[Path], *, now,
                  notes: str = "", by: str = "") -> dict[str, Any]:
     """Pack ``wheels`` (exactly one of them loaxa's: it names the version), sign the manifest,
@@ -92,7 +88,7 @@ def make_release(cfg: hubconfig.HubConfig, store: HubStore, wheels: list[Path], 
             raise HubError(f"release {version} exists with other wheels: give the new build "
                            "a new version")
         return existing[0]
-    path = release_path(cfg.home, sha)
+    path = store.release_path(sha)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_file(path, blob)
     manifest = {"version": version, "sha": sha, "size": len(blob), "wheels": listed,

@@ -163,15 +163,13 @@ def m008_play_days(db) -> None:
                               pk=("station_id", "day", "reason"))
     # covering: the report's range scans (per day, per station) never touch the table
     db.execute("CREATE INDEX play_days_by_day ON play_days(day, station_id, played, missed)")
-    for sid, item, scheduled, started, outcome, detail in db.execute(
+    by_station: dict[str, list[tuple]] = {}
+    for sid, *play in db.execute(
             "SELECT station_id, item_id, scheduled_at, started_at, outcome, detail "
             "FROM playbacks").fetchall():
-        _count_play(db, sid, item, scheduled, started, outcome, detail)
-
-
-def _count_play(db, sid: str, item: str | None, scheduled: str | None, started: str | None,
-                outcome: str | None, detail: str | None) -> None:
-    _count_plays(db, sid, [(item, scheduled, started, outcome, detail)])
+        by_station.setdefault(sid, []).append(tuple(play))
+    for sid, plays in by_station.items():
+        _count_plays(db, sid, plays)
 
 
 def _count_plays(db, sid: str, plays: list[tuple]) -> None:
@@ -341,11 +339,15 @@ class HubStore:
                                        "created_at": iso(now)})
             return True
 
+    def release_path(self, sha: str) -> Path:
+        """Where the tar of a release (hub/releases.py) is kept, named by its SHA-256."""
+        return self.path.parent / "releases" / f"{sha}.tar"
+
     def release_file(self, sha: str) -> Path | None:
-        """The tar of a release (hub/releases.py), which stations fetch like audio."""
+        """A known release's tar, which stations fetch like audio."""
         if not self.q("SELECT 1 FROM releases WHERE sha = ?", [sha]):
             return None
-        return self.path.parent / "releases" / f"{sha}.tar"
+        return self.release_path(sha)
 
     def content(self, sha: str) -> dict[str, Any] | None:
         rows = self.q("SELECT * FROM content WHERE sha = ?", [sha])

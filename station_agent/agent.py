@@ -304,27 +304,24 @@ class Agent:
         few seconds of a switch (and of a rollback after it) fall in a silence."""
         if self.runner.busy or self.runner.live_mic_until is not None:
             return False
-        active = self.store.active_bundle()
-        if not active:
-            return True
         now = self.clock.now()
         items, quiet = self.runner.programme()
         return not any(self.store.play_state(o.key) is None for o in occurrences(
             items, now - timedelta(seconds=60), now + timedelta(seconds=SWITCH_CLEAR_S),
             quiet=quiet))
 
-    def _bundle_verifies(self) -> str:
+    def _bundle_verifies(self) -> tuple[bool, str]:
         """For an update's health check: the held bundle verified again by this version's
-        code and keys ("!reason" if it does not)."""
+        code and keys, and what was found."""
         held = self.store.held_bundle()
         if not held:
-            return "no bundle held yet"
+            return True, "no bundle held yet"
         raw = self.store.bundle_raw(held[0])
         try:
             env = verify(raw, self.hub_keys, now=None, kind="bundle")
         except Refused as r:
-            return f"!bundle {held[0]}: {r}"
-        return f"bundle {env.seq} verified"
+            return False, f"bundle {held[0]}: {r}"
+        return True, f"bundle {env.seq} verified"
 
     # -- health, heartbeat, local controls ------------------------------------------------
     def _sample_health(self) -> None:

@@ -21,6 +21,8 @@ from protocol.envelope import Envelope, Reason, Refused
 from protocol.topics import Topics
 from schedules import Item, Priority
 
+from .update import UpdateRefused, check_body
+
 log = logging.getLogger("loaxa.commands")
 ACTIONS = ("play", "stop", "volume", "selftest", "zone_test", "report", "update")
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -95,7 +97,6 @@ def parse(env: Envelope, stream: str) -> Command:
     elif action == "volume":
         _int(b, "level", 0, 100)
     elif action == "update":
-        from .update import check_body
         try:
             check_body(b)
         except ValueError as exc:
@@ -151,7 +152,8 @@ class Commands:
         self._plays: dict[str, dict[str, Any]] = {}   # command id -> its plays' progress
         self.content: dict[str, dict[str, int]] = {}  # audio commanded plays need, with size
         self.extra_wanted: dict[str, dict[str, int]] = {}  # a release being fetched (update)
-        self.on_update: Callable[[str, dict], str] | None = None  # station_agent/update.py
+        # station_agent/update.py: (done already, detail), or UpdateRefused
+        self.on_update: Callable[[str, dict], tuple[bool, str]] | None = None
         runner.on_record = self._on_record
         level = store.get("volume.level")
         if level is not None and hasattr(player, "volume"):
@@ -255,16 +257,14 @@ class Commands:
         self.store.command_progress(cmd.id, "done", "state and health sent", self.clock.now())
 
     def _update(self, cmd: Command, remaining_s: float) -> None:
-        from .update import UpdateRefused
         try:
             if self.on_update is None:
                 raise UpdateRefused("this agent does not take updates")
-            detail = self.on_update(cmd.id, cmd.body)
+            done, detail = self.on_update(cmd.id, cmd.body)
         except UpdateRefused as exc:
             self.store.command_progress(cmd.id, "failed", str(exc), self.clock.now(),
                                         {"step": "refused"})
             return
-        done = detail.startswith("already")
         self.store.command_progress(cmd.id, "done" if done else "started", detail,
                                     self.clock.now(), {"step": "fetch"})
 

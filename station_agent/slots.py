@@ -100,7 +100,7 @@ class Slots:
             st = json.loads(self.state_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError):  # unreadable: as if none, the old version stays
+        except (OSError, ValueError):  # unreadable: back to the version it came from
             return {"phase": ROLLBACK, "reason": "update state unreadable"}
         return st if isinstance(st, dict) else {}
 

@@ -63,7 +63,7 @@ def read_release(raw: str, release_public: str | None) -> dict[str, Any]:
 
 class Updater:
     def __init__(self, *, cfg: Any, store: Any, clock: Any, runner: Any, commands: Any,
-                 connected: Callable[[], bool], bundle_ok: Callable[[], str],
+                 connected: Callable[[], bool], bundle_ok: Callable[[], tuple[bool, str]],
                  expect_push: Callable[[str, int], None], exit_for_switch: Callable[[], None],
                  air_free: Callable[[], bool] = lambda: True):
         self.cfg, self.store, self.clock, self.runner = cfg, store, clock, runner
@@ -96,22 +96,23 @@ class Updater:
         return bool(self.st.get("phase"))
 
     def start(self) -> None:
-        """After a (re)start: resume a fetch, or report how an update ended."""
+        """After a (re)start: a fetch in progress goes on (the rest resumes in ``step``)."""
         if self.st.get("phase") == S.FETCHING:
             self.commands.extra_wanted[self.st["sha"]] = {"size": self.st["size"]}
 
     # -- the command ------------------------------------------------------------------------
-    def begin(self, cid: str, body: dict[str, Any]) -> str:
-        """An accepted `update` command: what it starts, or UpdateRefused with why not."""
+    def begin(self, cid: str, body: dict[str, Any]) -> tuple[bool, str]:
+        """An accepted `update` command: (done already, what it started), or UpdateRefused
+        with why not."""
         if not self.launched:
             raise UpdateRefused("this agent is not run by `loaxa agent launch` (the systemd "
                                 "unit does that): it cannot switch versions")
-        m = read_release(body["release"], getattr(self.cfg, "release_public", None))
+        m = read_release(body["release"], self.cfg.release_public)
         if m["sha"] != body["content"] or m["size"] != body["size"]:
             raise UpdateRefused("the command names other bytes than its signed release")
         v = m["version"]
         if v == self.version:
-            return f"already running {v}"
+            return True, f"already running {v}"
         if S.version_key(v) < S.version_key(self.version) and not body.get("downgrade"):
             raise UpdateRefused(f"{v} is older than the running {self.version} (a downgrade "
                                 "must be asked for: `hub update --downgrade`)")
@@ -130,7 +131,7 @@ class Updater:
         self.commands.extra_wanted[m["sha"]] = {"size": m["size"]}
         if body.get("push"):
             self.expect_push(m["sha"], m["size"])
-        return f"fetching {v} ({m['size']} bytes)"
+        return False, f"fetching {v} ({m['size']} bytes)"
 
     # -- each turn --------------------------------------------------------------------------
     def step(self) -> None:
@@ -154,7 +155,7 @@ class Updater:
         st = self.st
         S.fault_point("fetched")
         try:
-            m = read_release(st["release"], getattr(self.cfg, "release_public", None))
+            m = read_release(st["release"], self.cfg.release_public)
             self.slots.install(st["version"], self.store.audio_path(st["sha"]), m,
                                st["release"].encode("utf-8"))
         except (S.InstallError, UpdateRefused) as exc:
@@ -166,7 +167,6 @@ class Updater:
         self.store.command_progress(st["cmd"], "started", f"{st['version']} installed; "
                                     "switching", self.clock.now(), {"step": "switch"})
         S.fault_point("switch-written")
-        self.store.forget_audio(st["sha"])  # unpacked in its slot: the tar is not kept
         log.info("release %s installed in its slot; handing over to the launcher",
                  st["version"])
         self.exit_for_switch()
@@ -177,9 +177,9 @@ class Updater:
             self._confirm()
             return
         if self._bundle is None:
-            self._bundle = self.bundle_ok()
-            if self._bundle.startswith("!"):
-                self._ask_rollback(f"the held bundle does not verify: {self._bundle[1:]}")
+            ok, self._bundle = self.bundle_ok()
+            if not ok:
+                self._ask_rollback(f"the held bundle does not verify: {self._bundle}")
                 return
         if self._selftest is None:
             if self.runner.selftest_now(f"update to {st['version']}",
@@ -207,7 +207,7 @@ class Updater:
 
     def _finish(self) -> None:
         keep = {self.st["version"], self.st.get("from") or S.BASE}
-        self.store.forget_audio(self.st["sha"])  # (again, after a cut before the switch)
+        self.store.forget_audio(self.st["sha"])  # unpacked in its slot: the tar is not kept
         self.slots.write_state(None)
         self.st = {}
         self.slots.prune(keep)
@@ -218,13 +218,14 @@ class Updater:
         # the launcher stops this process and starts the old version
 
     def _report_rollback(self) -> None:
-        st = self.st
-        if self.store.command_state(st["cmd"]) not in ("failed", None):
+        st = self.st  # (no command or tar named when the state file was unreadable)
+        if st.get("cmd") and self.store.command_state(st["cmd"]) not in ("failed", None):
             self.store.command_progress(st["cmd"], "failed", f"rolled back to "
                                         f"{st.get('from')}: {st.get('reason')}",
                                         self.clock.now(), {"version": st["version"],
                                                            "step": "rollback"})
-        self.store.forget_audio(st["sha"])
+        if st.get("sha"):
+            self.store.forget_audio(st["sha"])
         self.slots.write_state(None)
         self.slots.prune({self.slot})
         self.st = {}
