@@ -13,6 +13,11 @@ reconnect_storm — P2 (issue 11): 2,000 simulated stations with 100 queued play
 each connect at once; the hub's drain rate beside sqlite-utils insert_all of the same rows,
 nothing lost or doubled (bench/reconnect_storm.py); target: at least 25 %.
 
+hub_planning — P7 (issue 11): `hub serve` at 100, 1,000, 2,000 and 10,000 stations: the first
+plan, the idle hub's CPU, one new item for all until every station's bundle is at an observer,
+beside N raw publishes of the same size (bench/hub_planning.py); targets: ≤ 5 s at 10,000,
+idle ≤ 2 % of a core.
+
 audio_prepare — a 60-second Vietnamese announcement (speech synthesised once, beforehand,
 not timed; also quiet at 44.1 kHz stereo, and as MP3) prepared by audio.prepare, against the
 raw ffmpeg decode + Opus encode of the same input. Median of 5 runs each. Targets (issues 4
@@ -105,13 +110,15 @@ def main() -> int:
             "cpus": __import__("os").cpu_count()}
     ok = True
     from bench.hub_messages import run as bench_hub_heartbeat
+    from bench.hub_planning import run as bench_hub_planning
     from bench.occurrences import run as bench_occurrences
     from bench.p1_alert import run as bench_p1_alert
     from bench.reconnect_storm import run as bench_reconnect_storm
     from bench.web_console import run as bench_web_console
     benches = {"occurrences": bench_occurrences, "hub_heartbeat": bench_hub_heartbeat,
                "audio_prepare": bench_audio_prepare, "p1_alert": bench_p1_alert,
-               "web_console": bench_web_console, "reconnect_storm": bench_reconnect_storm}
+               "web_console": bench_web_console, "reconnect_storm": bench_reconnect_storm,
+               "hub_planning": bench_hub_planning}
     chosen = sys.argv[1:] or list(benches)  # `python -m bench p1_alert`: one of them
     unknown = [c for c in chosen if c not in benches]
     if unknown:

@@ -14,7 +14,8 @@ from typing import Any
 
 from protocol import chunks
 from protocol.clock import Clock, iso, parse_iso
-from protocol.envelope import KeyRing, Reason, Refused, Signer, public_from_text, seal, verify
+from protocol.envelope import (ACCEPTS, KeyRing, Reason, Refused, Signer, pack, public_from_text,
+                               seal, verify)
 from protocol.mqtt import BrokerConfig, Inbound, MqttLink, Will
 from protocol.sdnotify import Notifier
 from protocol.storage import write
@@ -189,16 +190,15 @@ class HubLink:
         if self._known is None:  # what the programme used when this hub started: not new
             self._known = {r["content_sha"] for r in self.store.items()}
         shared: dict[tuple[str, str], None] = {}  # (target, sha), in the order first named
-        floor = planner.restore_floor(self.store)
-        for st in self.store.stations():
-            bundle = planner.issue_bundle(self.store, self.signer, st["id"], now, self.quiet,
-                                          min_version=floor)
-            if bundle is not None:
+        for batch in planner.replan(self.store, self.signer, now, self.quiet,
+                                    compressed=self.store.accepting("zlib")):
+            for sid, bundle in batch:
                 issued += 1
-                self.link.publish(self.topics.bundle(st["id"]), bundle.raw, retain=True)
+                self.link.publish(self.topics.bundle(sid), bundle.payload, retain=True)
                 for sha, meta in bundle.content.items():
                     if meta.get("push"):
                         shared.setdefault((meta["push"], sha), None)
+            self.publish_commands()  # a khẩn cấp command waits for one batch at most
         self._data_version = self.store.data_version()
         # after the bundles (a station learns it should expect the audio before it comes):
         # each new file once per shared topic, not once per station that fetches it
@@ -400,7 +400,8 @@ class HubLink:
                 clock_trusted=int(bool(s.get("clock_trusted", True))),
                 station_clock=str(s.get("clock") or ""), outbox=int(s.get("outbox") or 0),
                 live_mic=int(bool(s.get("live_mic"))),
-                software_version=str(s.get("version") or "")[:40] or None)
+                software_version=str(s.get("version") or "")[:40] or None,
+                accepts=",".join(a for a in s.get("accepts") or [] if a in ACCEPTS) or None)
         except (TypeError, ValueError):
             raise Refused(Reason.MALFORMED, "bad station state summary") from None
 
@@ -429,9 +430,10 @@ class HubLink:
             # the station holds a version this hub never issued or issued as something else
             # (a hub restored from a backup): a new one above it
             issued = planner.issue_bundle(self.store, self.signer, sid, self.clock.now(),
-                                          self.quiet, above=held)
+                                          self.quiet, above=held,
+                                          compressed=self._compressed(sid))
             if issued is not None:
-                self.link.publish(self.topics.bundle(sid), issued.raw, retain=True)
+                self.link.publish(self.topics.bundle(sid), issued.payload, retain=True)
                 self._count("reconciled.ahead")
 
     def _publish_latest(self, sid: str, latest: dict[str, Any] | None = None) -> None:
@@ -439,8 +441,13 @@ class HubLink:
         # a hub restored from a backup never sends what it held then (a station may hold a
         # newer one from the lost hub): the replan issues above the restore's floor
         if latest and latest["version"] >= planner.restore_floor(self.store):
-            self.link.publish(self.topics.bundle(sid), latest["raw"].encode("utf-8"),
-                              retain=True)
+            raw = latest["raw"].encode("utf-8")
+            self.link.publish(self.topics.bundle(sid),
+                              pack(raw) if self._compressed(sid) else raw, retain=True)
+
+    def _compressed(self, sid: str) -> bool:
+        """Whether the station said it takes its bundle compressed."""
+        return "zlib" in ((self.store.state(sid) or {}).get("accepts") or "").split(",")
 
     def _on_report(self, sid: str, body: dict[str, Any]) -> None:
         events = body.get("events")

@@ -6,7 +6,7 @@ import os
 import threading
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from protocol.clock import iso, parse_iso
 from protocol.storage import Migrations, open_db, write, write_file
@@ -223,6 +223,19 @@ def m011_releases(db) -> None:
     db["station_state"].add_column("software_version", str)
 
 
+@migrations
+def m012_shared_programmes(db) -> None:
+    """A programme shared by many stations is stored once (``programmes``); a bundle keeps
+    only what is its own (``tail``: its station and version; ``envelope``: the signed
+    envelope's other fields): 10,000 stations' copies of one 34 KB programme were 340 MB
+    written for every change. Older bundles keep their ``raw``."""
+    db["programmes"].create({"sha": str, "prefix": str}, pk="sha")
+    db["bundles"].add_column("programme", str)
+    db["bundles"].add_column("tail", str)
+    db["bundles"].add_column("envelope", str)
+    db["station_state"].add_column("accepts", str)  # e.g. "zlib": compressed bundles
+
+
 CERT_WARN = timedelta(days=30)
 
 
@@ -235,6 +248,28 @@ HISTORICAL_AFTER_S = 60  # an event sent this long after it happened is history,
 
 
 KEEP_BUNDLE_VERSIONS = 2  # per station: the latest and the one before
+_BODY = b'{"body":'
+
+
+class NewBundle(NamedTuple):
+    sid: str
+    version: int
+    digest: str
+    issued: datetime
+    expires: datetime
+    raw: bytes            # the signed bundle
+    kid: str
+    # the shared part of its body (sha, bytes) and the rest of the body (its station, version)
+    programme: tuple[str, bytes, bytes] | None = None
+
+
+def _with_raw(row: dict[str, Any]) -> dict[str, Any]:
+    """A bundle row with its signed bytes whole: stored whole (older rows) or rebuilt from
+    the shared programme, the station's tail and the envelope's other fields."""
+    if row.get("raw") is None and row.get("prefix") is not None:
+        row["raw"] = '{"body":' + row["prefix"] + row["tail"] + "," + row["envelope"][1:]
+    row.pop("prefix", None)
+    return row
 
 
 class HubStore:
@@ -365,22 +400,67 @@ class HubStore:
 
     # -- bundles ---------------------------------------------------------------------------
     def latest_bundle(self, sid: str) -> dict[str, Any] | None:
-        rows = self.q("SELECT * FROM bundles WHERE station_id = ? ORDER BY version DESC LIMIT 1",
+        """The station's latest bundle with its signed bytes in ``raw``."""
+        rows = self.q("SELECT b.*, p.prefix FROM bundles b LEFT JOIN programmes p "
+                      "ON p.sha = b.programme WHERE station_id = ? ORDER BY version DESC LIMIT 1",
                       [sid])
-        return rows[0] if rows else None
+        return _with_raw(rows[0]) if rows else None
 
-    def add_bundle(self, sid: str, version: int, digest: str, issued: datetime,
-                   expires: datetime, raw: bytes, kid: str | None = None) -> None:
-        """The new version, and only the one before it kept besides (what a station may still
-        be activating): bundles are re-signed for every change, and a fleet's history of them
-        would grow without end."""
+    def bundle_raw(self, sid: str, version: int) -> bytes | None:
+        rows = self.q("SELECT b.*, p.prefix FROM bundles b LEFT JOIN programmes p "
+                      "ON p.sha = b.programme WHERE station_id = ? AND version = ?",
+                      [sid, version])
+        return _with_raw(rows[0])["raw"].encode("utf-8") if rows else None
+
+    def latest_bundles(self) -> dict[str, dict[str, Any]]:
+        """Every station's latest version, without its bytes (a fleet's replan reads them
+        once)."""
+        cur = self.db.execute("SELECT station_id, max(version), digest, kid, expires_at "
+                              "FROM bundles GROUP BY station_id")
+        return {r[0]: {"version": r[1], "digest": r[2], "kid": r[3], "expires_at": r[4]}
+                for r in cur}
+
+    def accepting(self, what: str) -> set[str]:
+        """Stations whose last state summary said they accept ``what`` (``zlib``)."""
+        return {r[0] for r in self.db.execute(
+            "SELECT station_id FROM station_state WHERE ',' || accepts || ',' LIKE ?",
+            [f"%,{what},%"])}
+
+    def station_ids(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT id FROM stations ORDER BY id")]
+
+    def add_bundles(self, rows: list[NewBundle]) -> None:
+        """New versions in one transaction, with only the version before each kept besides
+        (what a station may still be activating): bundles are re-signed for every change,
+        and a fleet's history of them would grow without end. A bundle whose programme is
+        shared is stored as that programme (once) and its own parts."""
+        programmes, inserts = {}, []
+        for b in rows:
+            if b.programme is None:
+                inserts.append((b.sid, b.version, b.digest, iso(b.issued), iso(b.expires),
+                                b.raw.decode("utf-8"), b.kid, None, None, None))
+                continue
+            sha, prefix, tail = b.programme
+            programmes[sha] = prefix
+            end = len(_BODY) + len(prefix) + len(tail)
+            if b.raw[:end + 1] != _BODY + prefix + tail + b",":
+                raise ValueError(f"bundle for {b.sid} is not programme {sha} and its tail")
+            inserts.append((b.sid, b.version, b.digest, iso(b.issued), iso(b.expires), None,
+                            b.kid, sha, tail.decode("utf-8"),
+                            "{" + b.raw[end + 1:].decode("utf-8")))
         with self.lock, write(self.db):
-            self.db.execute("INSERT INTO bundles(station_id, version, digest, issued_at, "
-                            "expires_at, raw, kid) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                            [sid, version, digest, iso(issued), iso(expires),
-                             raw.decode("utf-8"), kid])
-            self.db.execute("DELETE FROM bundles WHERE station_id = ? AND version < ?",
-                            [sid, version - KEEP_BUNDLE_VERSIONS + 1])
+            self.db.conn.executemany(
+                "INSERT OR IGNORE INTO programmes(sha, prefix) VALUES (?, ?)",
+                [(sha, prefix.decode("utf-8")) for sha, prefix in programmes.items()])
+            self.db.conn.executemany(
+                "INSERT INTO bundles(station_id, version, digest, issued_at, expires_at, raw, "
+                "kid, programme, tail, envelope) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", inserts)
+            self.db.conn.executemany(
+                "DELETE FROM bundles WHERE station_id = ? AND version < ?",
+                [(b.sid, b.version - KEEP_BUNDLE_VERSIONS + 1) for b in rows])
+            if programmes:  # those no bundle holds any more
+                self.db.execute("DELETE FROM programmes WHERE sha NOT IN "
+                                "(SELECT programme FROM bundles WHERE programme IS NOT NULL)")
 
     # -- reports ---------------------------------------------------------------------------
     def store_events(self, sid: str, events: list[dict[str, Any]], now: datetime,

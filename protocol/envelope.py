@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import uuid
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
@@ -94,6 +95,10 @@ class Signer:
     def kid(self) -> str:
         return key_id(self.public)
 
+    def cached(self) -> "Signer":
+        """The same key with its key id worked out once (a fleet's replan signs thousands)."""
+        return _CachedSigner(self.private, self.sender, key_id(self.public))
+
     @classmethod
     def generate(cls, sender: str) -> "Signer":
         return cls(Ed25519PrivateKey.generate(), sender)
@@ -118,6 +123,15 @@ class Signer:
 
     def __repr__(self) -> str:  # never print key material
         return f"Signer(sender={self.sender!r}, kid={self.kid!r})"
+
+
+@dataclass(frozen=True)
+class _CachedSigner(Signer):
+    key_kid: str = ""
+
+    @property
+    def kid(self) -> str:
+        return self.key_kid
 
 
 class KeyRing:
@@ -228,17 +242,98 @@ def seal(
     ttl: timedelta, msg_id: str | None = None,
 ) -> bytes:
     _reject_floats(body)
-    doc: dict[str, Any] = {
-        "v": SCHEMA_VERSION, "id": msg_id or uuid.uuid4().hex, "kind": kind,
-        "sender": signer.sender, "kid": signer.kid, "iat": iso(now), "exp": iso(now + ttl),
-        "seq": int(seq), "body": dict(body),
-    }
-    sig = signer.private.sign(canonical(doc))
-    doc["sig"] = base64.urlsafe_b64encode(sig).decode("ascii")
-    raw = canonical(doc)
-    if len(raw) > MAX_MESSAGE_BYTES:
-        raise ValueError(f"{kind} message is {len(raw)} bytes, over {MAX_MESSAGE_BYTES}")
+    return seal_encoded(kind, canonical(body), signer=signer, seq=seq, now=now, ttl=ttl,
+                        msg_id=msg_id)
+
+
+def canonical_value(value: str | int | bool | None) -> bytes:
+    """One plain value as ``canonical`` writes it inside a document."""
+    return json.dumps(value, ensure_ascii=False).encode("utf-8")
+
+
+def seal_encoded(
+    kind: str, body: bytes, *, signer: Signer, seq: int, now: datetime, ttl: timedelta,
+    msg_id: str | None = None,
+) -> bytes:
+    """``seal`` for a body already in canonical form (checked for floats by whoever encoded
+    it): the hub encodes one programme once for every station that shares it."""
+    return seal_many(kind, [(body, seq)], signer=signer, now=now, ttl=ttl,
+                     msg_ids=[msg_id] if msg_id else None)[0]
+
+
+def seal_many(
+    kind: str, bodies: list[tuple[bytes, int]], *, signer: Signer, now: datetime,
+    ttl: timedelta, msg_ids: list[str] | None = None, sign_map: Callable = map,
+) -> list[bytes]:
+    """``seal_encoded`` for many ``(body, seq)`` at one instant, signed through ``sign_map``
+    (``map``, or an executor's: Ed25519 signing of a long message lets other threads run).
+    ``body`` is the first key of the envelope in canonical order, so each document is its body
+    followed by the other fields."""
+    iat, exp, kid = iso(now), iso(now + ttl), signer.kid
+    heads, rests = [], []
+    for i, (body, seq) in enumerate(bodies):
+        rests.append({"v": SCHEMA_VERSION, "id": msg_ids[i] if msg_ids else uuid.uuid4().hex,
+                      "kind": kind, "sender": signer.sender, "kid": kid, "iat": iat,
+                      "exp": exp, "seq": int(seq)})
+        heads.append(b'{"body":' + body + b",")
+    sigs = sign_map(signer.private.sign, [h + canonical(r)[1:] for h, r in zip(heads, rests)])
+    out = []
+    for head, rest, sig in zip(heads, rests, sigs):
+        rest["sig"] = base64.urlsafe_b64encode(sig).decode("ascii")
+        raw = head + canonical(rest)[1:]
+        if len(raw) > MAX_MESSAGE_BYTES:
+            raise ValueError(f"{kind} message is {len(raw)} bytes, over {MAX_MESSAGE_BYTES}")
+        out.append(raw)
+    return out
+
+
+# -- compressed bundles ----------------------------------------------------------------------
+# A programme of 100 items is ~35 KB of JSON and ~3 KB compressed; a province's hub sends one
+# to each of 10,000 stations for every change. A station that says it accepts "zlib" (its
+# state summary's ``accepts``) gets its bundle as ``ZLIB_MAGIC`` + a zlib stream of the signed
+# bytes; the signature is over the JSON, as ever. JSON never starts with "Z".
+ZLIB_MAGIC = b"Z1"
+ACCEPTS = ("zlib",)
+
+
+def pack(raw: bytes) -> bytes:
+    return ZLIB_MAGIC + zlib.compress(raw, 1)
+
+
+def unpack(payload: bytes) -> bytes:
+    """The signed bytes of a message as it came off the wire: plain JSON as it is, a
+    compressed one inflated to at most ``MAX_MESSAGE_BYTES`` (a stream that would inflate
+    further is refused before it does: no decompression bomb gets memory)."""
+    if not payload.startswith(ZLIB_MAGIC):
+        return payload
+    d = zlib.decompressobj()
+    try:
+        raw = d.decompress(payload[len(ZLIB_MAGIC):], MAX_MESSAGE_BYTES + 1)
+    except zlib.error as exc:
+        raise Refused(Reason.MALFORMED, f"not a zlib stream: {exc}") from None
+    if len(raw) > MAX_MESSAGE_BYTES or d.unconsumed_tail:
+        raise Refused(Reason.OVERSIZE, f"inflates past {MAX_MESSAGE_BYTES} bytes")
+    if not d.eof or d.unused_data:
+        raise Refused(Reason.MALFORMED, "a truncated or padded zlib stream")
     return raw
+
+
+class Packer:
+    """``pack`` for many messages that share a long beginning: the beginning is compressed
+    once and each message continues from a copy of the compressor (a fleet's bundles share
+    their programme)."""
+
+    def __init__(self, head: bytes) -> None:
+        self._c = zlib.compressobj(1)
+        self._head = ZLIB_MAGIC + self._c.compress(head)
+        self._raw_head = head
+        self.head_len = len(head)
+
+    def pack(self, raw: bytes) -> bytes:
+        if not raw.startswith(self._raw_head):
+            raise ValueError("the message does not begin with the packer's head")
+        c = self._c.copy()
+        return self._head + c.compress(raw[self.head_len:]) + c.flush()
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

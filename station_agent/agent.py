@@ -21,8 +21,8 @@ from audio import AlsaPlayer, AudioError, check_device
 from protocol import chunks
 from protocol.clock import Clock, iso, make_clock, parse_iso
 from protocol import hubkeys
-from protocol.envelope import (KeyRing, Reason, Refused, Signer, parse, public_from_text, seal,
-                               verify)
+from protocol.envelope import (ACCEPTS, KeyRing, Reason, Refused, Signer, parse,
+                               public_from_text, seal, unpack, verify)
 from protocol.mqtt import Inbound, MqttLink, Will
 from protocol.sdnotify import Notifier
 from protocol.storage import write
@@ -589,7 +589,7 @@ class Agent:
                 "outbox": max(0, self.store.outbox_size() - in_flight),
                 "bdseq": self.link.bdseq,
                 "live_mic": self.runner.live_mic_until is not None,
-                "version": self.updater.version}
+                "version": self.updater.version, "accepts": list(ACCEPTS)}
 
     def _publish_state(self) -> None:
         """The birth: online, this connection's bdseq, the live summary (retained)."""
@@ -721,7 +721,7 @@ class Agent:
                     self._on_hubkey(msg.payload)
                 return
             if msg.topic == t.bundle(self.id):
-                self._on_bundle(msg.payload, retained=msg.retain)
+                self._on_bundle(unpack(msg.payload), retained=msg.retain)
             elif msg.topic in self._audio_topics:
                 self._on_chunk(msg.payload)
             elif msg.topic == t.ack(self.id):

@@ -34,7 +34,8 @@ def test_migrations_run_once(tmp_path):
     s = HubStore(tmp_path / "h.db")
     assert [r["name"] for r in s.q("SELECT name FROM _migrations")] == \
         ["m001_initial", "m002_live_state_and_alarms", "m003_stream_items",
-         "m004_health_and_heightened", "m005_live_mic", "m006_commands", "m007_console", "m008_play_days", "m009_certificates", "m010_key_rotation", "m011_releases"]
+         "m004_health_and_heightened", "m005_live_mic", "m006_commands", "m007_console", "m008_play_days", "m009_certificates", "m010_key_rotation", "m011_releases",
+         "m012_shared_programmes"]
     s.close()
 
 

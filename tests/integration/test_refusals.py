@@ -1,6 +1,7 @@
 """Acceptance 4: what a station refuses. Each refusal reaches the hub as an event, none
 changes what the station plays, and the agent keeps running."""
 import json
+import zlib
 from datetime import datetime, timedelta
 
 import pytest
@@ -8,7 +9,7 @@ import pytest
 from audio_check import pcm
 from conftest import wait_for
 from fleet import Fleet
-from protocol.envelope import Signer, canonical, seal
+from protocol.envelope import MAX_MESSAGE_BYTES, ZLIB_MAGIC, Signer, canonical, pack, seal, unpack
 from protocol.mqtt import MqttLink
 from protocol.topics import Topics
 from schedules import TZ
@@ -64,10 +65,34 @@ def test_refused_messages_change_nothing_and_are_reported(fleet, attacker):
     send(seal("bundle", {**good["body"], "version": 10}, signer=hub_key, seq=10,
               now=fleet.clock.now() - timedelta(days=40), ttl=timedelta(days=1)), "expired")
     # replayed: the hub's own genuine version 1, after version 2 is active
-    v1 = fleet.store.q("SELECT raw FROM bundles WHERE station_id = ? AND version = 1", [SID])
-    send(v1[0]["raw"].encode(), "replayed")
+    send(fleet.store.bundle_raw(SID, 1), "replayed")
     # malformed
     send(b'{"v": 1, "kind": "bundle", ', "malformed")
+    # compressed (the station said it accepts zlib, so its programme 2 came compressed):
+    # a stream that would inflate past the message limit is refused before it does, a cut
+    # one is malformed, and a forged bundle is as forged compressed
+    assert fleet.store.state(SID)["accepts"] == "zlib"
+    retained: list[bytes] = []
+    watch = MqttLink(client_id="watch", broker=fleet.cfg.broker, subscriptions=[topic],
+                     on_inbound=lambda m: retained.append(m.payload))
+    watch.start()
+    wait_for(lambda: retained, 10, "the retained bundle")
+    watch.stop()
+    assert retained[0].startswith(ZLIB_MAGIC) and unpack(retained[0]) == \
+        fleet.store.latest_bundle(SID)["raw"].encode()
+    def counted(raw: bytes, reason: str) -> None:  # reported once per reason every few s
+        def count() -> int:
+            rows = fleet.station_db(SID, "SELECT value FROM meta WHERE key = ?",
+                                    [f"count.refused.{reason}"])
+            return int(rows[0][0]) if rows else 0
+        n = count()
+        assert attacker.publish_wait(topic, raw)
+        wait_for(lambda: count() == n + 1, 20, f"a {reason} refusal counted")
+
+    send(ZLIB_MAGIC + zlib.compress(b"{" + b" " * (MAX_MESSAGE_BYTES * 40) + b"}", 9),
+         "oversize")
+    counted(pack(fleet.store.latest_bundle(SID)["raw"].encode())[:-40], "malformed")
+    counted(pack(canonical(forged)), "bad_signature")
     # audio whose bytes do not match its hash: corrupt the hub's stored file for new content
     third = fleet.content("Nội dung này sẽ bị hỏng trên đường truyền.")
     path = fleet.store.content_path(third["sha"])
@@ -88,7 +113,7 @@ def test_refused_messages_change_nothing_and_are_reported(fleet, attacker):
     assert rec["outcome"] == "played" and rec["content_sha"] == second["sha"]
     assert pcm(fleet.station_dir(SID) / "sink.wav") == pcm(fleet.store.content_path(second["sha"]))
     counts = dict(fleet.station_db(SID, "SELECT key, value FROM meta WHERE key LIKE 'count.%'"))
-    for reason in ("bad_signature", "expired", "replayed", "malformed", "bad_audio"):
+    for reason in ("bad_signature", "expired", "replayed", "malformed", "bad_audio", "oversize"):
         assert int(counts[f"count.refused.{reason}"]) >= 1
 
 
