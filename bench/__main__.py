@@ -18,6 +18,14 @@ plan, the idle hub's CPU, one new item for all until every station's bundle is a
 beside N raw publishes of the same size (bench/hub_planning.py); targets: ≤ 5 s at 10,000,
 idle ≤ 2 % of a core.
 
+agent_idle — P3 (issue 11): one agent idle for 5 minutes with a 100-item bundle: its CPU and
+RSS beside a bare paho + cryptography process (bench/agent_idle.py); targets: RSS ≤ 1.4 ×,
+CPU ≤ 0.5 % of a core.
+
+start_accuracy — P4 (issue 11): 50 scheduled starts through the runner and the ALSA file sink:
+first audio sample in the sink minus the instant, beside the player's own spawn-to-first-sample
+(bench/start_accuracy.py); targets: median ≤ 10 ms, p99 ≤ 50 ms.
+
 audio_prepare — a 60-second Vietnamese announcement (speech synthesised once, beforehand,
 not timed; also quiet at 44.1 kHz stereo, and as MP3) prepared by audio.prepare, against the
 raw ffmpeg decode + Opus encode of the same input. Median of 5 runs each. Targets (issues 4
@@ -110,7 +118,9 @@ def main() -> int:
             "cpus": __import__("os").cpu_count()}
     ok = True
     from bench.hub_messages import run as bench_hub_heartbeat
+    from bench.agent_idle import run as bench_agent_idle
     from bench.hub_planning import run as bench_hub_planning
+    from bench.start_accuracy import run as bench_start_accuracy
     from bench.occurrences import run as bench_occurrences
     from bench.p1_alert import run as bench_p1_alert
     from bench.reconnect_storm import run as bench_reconnect_storm
@@ -118,7 +128,8 @@ def main() -> int:
     benches = {"occurrences": bench_occurrences, "hub_heartbeat": bench_hub_heartbeat,
                "audio_prepare": bench_audio_prepare, "p1_alert": bench_p1_alert,
                "web_console": bench_web_console, "reconnect_storm": bench_reconnect_storm,
-               "hub_planning": bench_hub_planning}
+               "hub_planning": bench_hub_planning, "agent_idle": bench_agent_idle,
+               "start_accuracy": bench_start_accuracy}
     chosen = sys.argv[1:] or list(benches)  # `python -m bench p1_alert`: one of them
     unknown = [c for c in chosen if c not in benches]
     if unknown:

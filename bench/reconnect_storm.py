@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +17,8 @@ import tempfile
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+
+from bench.common import hub_on_broker, teardown
 
 ROOT = Path(__file__).resolve().parents[1]
 QUEUED = 100
@@ -63,22 +64,15 @@ def _baseline(rows: list[dict]) -> float:
 
 
 def run(n: int = int(os.environ.get("LOAXA_P2_STATIONS", "2000"))) -> dict:
-    from deploy.broker import Mosquitto
-    from hub import config as hubconfig
-    from hub.admin import init_hub
     from hub.store import HubStore
     from protocol.clock import iso
     from station_agent.simfleet import default_root, enrol
     from station_agent.store import StationStore
 
-    work = Path(tempfile.mkdtemp(prefix="loaxa-p2-"))
+    work, broker, home, cfg = hub_on_broker("loaxa-p2-")
     root = default_root() / f"loaxa-p2-{os.getpid()}"
-    broker = Mosquitto(work / "broker").start()
     procs: list[subprocess.Popen] = []
     try:
-        home = work / "hub"
-        init_hub(home, broker_host="127.0.0.1", broker_port=broker.port)
-        cfg = hubconfig.load(home)
         configs = enrol(home, n, root)
         t0 = datetime.now(timezone.utc) - timedelta(days=7)
         t = time.perf_counter()
@@ -149,13 +143,7 @@ def run(n: int = int(os.environ.get("LOAXA_P2_STATIONS", "2000"))) -> dict:
             "meets_targets": bool(stored_rows == queued and left == 0 and duplicated == 0
                                   and ratio >= 0.25)}
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        broker.stop()
-        shutil.rmtree(root, ignore_errors=True)
-        shutil.rmtree(work, ignore_errors=True)
+        teardown(procs, broker, root, work)
 
 
 if __name__ == "__main__":

@@ -9,23 +9,24 @@ import sys
 from audio import AudioError
 
 
-def build() -> argparse.ArgumentParser:
-    from audio import cli as audio_cli
-    from hub import cli as hub_cli
-    from station_agent import cli as agent_cli
-    from station_agent import simfleet
-    from . import demo
+ROOMS = {"hub": "hub.cli", "agent": "station_agent.cli", "audio": "audio.cli",
+         "demo": "deploy.demo", "sim": "station_agent.simfleet"}
 
+
+def build(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; given the command line, only the room it names is imported (a station's
+    agent does not carry the hub's modules: P3 counts its memory), else all of them."""
+    import importlib
     parser = argparse.ArgumentParser(prog="loaxa", description="loaxa: loa xã, the commune "
                                      "loudspeaker: offline-first broadcast for commune radio")
     parser.add_argument("-v", "--verbose", action="store_true")
     parser.add_argument("--version", action="version", version=f"loaxa {version()}")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    hub_cli.register(sub)
-    agent_cli.register(sub)
-    audio_cli.register(sub)
-    demo.register(sub)
-    simfleet.register(sub)
+    words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
+    room = words[0] if words and words[0] in ROOMS else None
+    for name, module in ROOMS.items():
+        if room is None or name == room:
+            importlib.import_module(module).register(sub)
     return parser
 
 
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from hub.config import HubError
     from station_agent.config import ConfigError
 
-    args = build().parse_args(argv)
+    args = build(argv).parse_args(argv)
     level = logging.DEBUG if args.verbose else getattr(
         logging, os.environ.get("LOAXA_LOG", "INFO").upper(), logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -10,6 +10,7 @@ import errno
 import json
 import logging
 import os
+import queue
 import shutil
 import threading
 from datetime import timedelta
@@ -33,7 +34,7 @@ from . import health as probes
 from .clocktrust import ClockTrust
 from .commands import Commands, HubTime, stream_of
 from .config import StationConfig
-from .runner import Runner
+from .runner import BUSY_TURN_S, Runner
 from .store import StationStore
 from .update import Updater
 
@@ -58,6 +59,35 @@ ALARM_SEVERITY = {"clock": 2, "audio_device": 2, "audio_corrupt": 2, "amplifier"
 SIM_FAULTS = "sim-faults.json"   # `loaxa agent fault` writes it; simulated boards only
 ACTIONS_DIR = "actions"          # the station console's actions (station_agent/console.py)
 _CONNECTED = Inbound("$local/connected", b"", False)
+IDLE_WAKE_S = 1.0  # the longest an idle agent sleeps (P3: 50 ms polling cost 3.8 % of a core)
+
+
+TRIM_EVERY_S = 60.0  # an idle agent hands freed memory back to the system this often
+
+
+def _give_back_memory() -> None:
+    """Collect, then return the C heap's free pages to the system (glibc's ``malloc_trim``):
+    start-up, a bundle's parsing and a transfer leave megabytes freed but kept by the
+    allocator, and a Pi Zero-class station has little to spare (P3). Elsewhere: collect."""
+    import ctypes
+    import gc
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class _WakingQueue(queue.Queue):
+    """A queue that wakes the agent's loop when something is put in it."""
+
+    def __init__(self, wake: threading.Event) -> None:
+        super().__init__()
+        self._wake_event = wake
+
+    def _put(self, item: Any) -> None:
+        super()._put(item)
+        self._wake_event.set()
 
 
 class Agent:
@@ -116,6 +146,7 @@ class Agent:
         self._retry_s = float(cfg.report_retry_s)
         self._outbox_seen = -1  # store.appended when the outbox was last read
         self._fetching: dict[str, float] = {}    # sha -> monotonic time of last progress
+        self._wake = threading.Event()
         self._requested_at = -1e9  # when missing audio was last looked over
         self._window_end: dict[str, int] = {}    # sha -> end of the window asked for
         self._status_path = Path(cfg.data_dir) / "status.json"
@@ -234,15 +265,25 @@ class Agent:
         restarts the agent (``WatchdogSec`` in deploy/systemd/loaxa-agent.service)."""
         notify = Notifier()
         self._stop_event = stop
+        # no polling tick: the loop sleeps until the next instant it has to act on, or until a
+        # message, a button or a stop wakes it (each queue sets the event as it is filled)
+        self.link.inbox = _WakingQueue(self._wake)
+        self.board.presses = _WakingQueue(self._wake)
         self.start()
         notify.ready(f"station {self.id}")
+        trimmed = self.clock.monotonic()
         try:
             while not stop.is_set():
+                self._wake.clear()
                 self.step()
                 notify.watchdog()
-                # a pre-rolled item's sound starts at its instant, not at the next turn
-                due = self.runner.due_in()
-                stop.wait(0.05 if due is None else min(0.05, due))
+                if self.clock.monotonic() - trimmed >= TRIM_EVERY_S and not self.busy:
+                    trimmed = self.clock.monotonic()
+                    _give_back_memory()
+                sleep = self.sleep_s()
+                if notify.every_s is not None:  # systemd's watchdog hears from every turn
+                    sleep = min(sleep, notify.every_s)
+                self._wake.wait(sleep)
         finally:
             notify.stopping()
             self.stop()
@@ -298,6 +339,7 @@ class Agent:
         self._flush_reports()
         if self._stop_event is not None:
             self._stop_event.set()
+            self._wake.set()
 
     def _air_free_for_switch(self) -> bool:
         """Nothing on air, queued or live, and no scheduled start within SWITCH_CLEAR_S: the
@@ -338,6 +380,22 @@ class Agent:
         if m is not None:
             found.append(m)
         self.health.update(found)
+
+    def wake(self) -> None:
+        """End the loop's sleep now (a stop signal)."""
+        self._wake.set()
+
+    def sleep_s(self) -> float:
+        """How long the loop may sleep after a step: a short turn while a play, a sequence or
+        a transfer is in progress; otherwise until the runner's next instant (a
+        scheduled start's pre-roll), at most ``IDLE_WAKE_S``, which bounds what is checked
+        on a timer (health probes, heartbeats, reports to resend, clock checks, the station
+        console's actions)."""
+        if self.receiving:
+            return BUSY_TURN_S
+        due = self.runner.due_in()  # a pre-rolled item's sound starts at its instant
+        sleep = self.runner.wake_in(IDLE_WAKE_S)
+        return sleep if due is None else min(sleep, due)
 
     @property
     def busy(self) -> bool:
@@ -937,11 +995,10 @@ class Agent:
             self._next, self._next_version = (mono, None), version
             if active:
                 items, quiet = self.runner.programme()
-                upcoming = [o for o in occurrences(items, now, now + timedelta(days=2),
-                                                   quiet=quiet)
-                            if o.start >= now and self.store.play_state(o.key) is None]
-                if upcoming:
-                    o = upcoming[0]
+                o = next((o for o in occurrences(items, now, now + timedelta(days=2),
+                                                 quiet=quiet)
+                          if o.start >= now and self.store.play_state(o.key) is None), None)
+                if o is not None:
                     self._next = (mono, {"key": o.key, "title": o.item.title,
                                          "start": iso(o.start), "priority": int(o.item.priority),
                                          "content": o.item.content,

@@ -153,7 +153,7 @@ def cmd_run(args) -> int:
             from None
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda *_: (stop.set(), agent.wake()))
     logging.getLogger("loaxa").info("station %s starting", cfg.station_id)
     agent.run(stop)
     return 0

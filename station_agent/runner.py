@@ -17,6 +17,8 @@ from schedules import (TZ, Item, Occurrence, Priority, QuietHours, overdue, star
 
 from .store import StationStore
 
+BUSY_TURN_S = 0.05  # the turn while a sequence or a play is in progress
+QUIET_HORIZON_S = 60.0  # how far ahead an idle turn looks for the next start
 log = logging.getLogger("loaxa.runner")
 MISSED_LOOKBACK = timedelta(days=1)
 ZONE_SETTLE_S = 0.03  # relay contacts settle in ~10 ms; feedback is read after this
@@ -42,6 +44,7 @@ class _Current:
     selftest: bool = False              # a silent self-test: the sequence without audio
     key: str | None = None              # the record's key, if not the occurrence's
     preroll: bool = False               # begun before its instant; no sound until then
+    armed: Any = None                   # its player made ready during the pre-roll
 
 
 @dataclass
@@ -76,6 +79,7 @@ class Runner:
         self.live_mic_until: float | None = None  # monotonic end of live-microphone mode
         self.mic_preempted: str | None = None     # the khẩn cấp occurrence that took the air
         self._programme_version: int | None = None
+        self._idle: tuple[tuple, datetime, datetime] | None = None  # see _note_idle
         self._items: list[Item] = []
         self._quiet: QuietHours | None = None
         self._checked_until: datetime | None = None
@@ -129,6 +133,9 @@ class Runner:
         best = self._best_queued(now, mono)
         if timed:
             items, quiet = self.programme()
+            if best is None and self.current is None and self.live_mic_until is None and \
+                    self._idle_at(now):
+                return  # nothing can start, pre-roll or be missed before the quiet ends
             self._sweep_missed(items, quiet, now)
             scheduled = next((o for o in startable_at(items, now, quiet=quiet)
                               if self.store.play_state(o.key) is None), None)
@@ -138,6 +145,8 @@ class Runner:
         if best is not None and best.item.id.startswith("cmd-") and self._may_take_air(best):
             # a commanded play starts on this tick: it leaves the queue
             self.queued = [q for q in self.queued if q.item.id != best.item.id]
+        if best is not None or self.current is not None or self.live_mic_until is not None:
+            self._idle = None  # worked out again after it (a play measures power-good anew)
         if self.live_mic_until is not None:  # the microphone holds the air; the schedule waits
             if best is not None and best.item.priority >= Priority.KHAN_CAP:
                 # ... except for khẩn cấp, which takes the air from the microphone
@@ -152,8 +161,9 @@ class Runner:
             self.mic_preempted = None  # the emergency that took the microphone's air is over
         cur = self.current
         if cur is None and best is None:
-            if timed and not self._maybe_preroll(items, quiet, now):
-                self._maybe_selftest(now)
+            if timed and not self._maybe_preroll(items, quiet, now) and \
+                    not self._maybe_selftest(now):
+                self._note_idle(items, quiet, now)
             return
         if cur is not None:
             if best is not None and best.item.priority > cur.occ.item.priority:
@@ -194,6 +204,50 @@ class Runner:
         if cur is None or not cur.preroll or cur.playback is not None:
             return None
         return max(0.0, (cur.occ.start - self.clock.now()).total_seconds())
+
+    def _note_idle(self, items: list[Item], quiet: QuietHours | None, now: datetime) -> None:
+        """After an idle turn: until when nothing can start, pre-roll or be missed (no
+        late-start window open now, the next start's pre-roll, the next self-test), so the
+        turns before it skip the schedule's questions (P3: they were most of an idle
+        agent's CPU)."""
+        self._idle = None
+        if startable_at(items, now, quiet=quiet):
+            return  # a window is open (played, or waiting for its audio): asked every turn
+        lead = self.preroll_s if self.preroll else 0.0
+        soon = starting_within(items, now, lead + QUIET_HORIZON_S, quiet=quiet)
+        until = soon[0].start - timedelta(seconds=lead) if soon else \
+            now + timedelta(seconds=QUIET_HORIZON_S)
+        if self.selftest_at is not None:
+            local = now.astimezone(TZ)
+            day = local.date() if local.time() < self.selftest_at else \
+                local.date() + timedelta(days=1)
+            until = min(until, datetime.combine(day, self.selftest_at, TZ))
+        if until > now:
+            self._idle = ((self._programme_version, self.selftest_at), now, until)
+
+    def _idle_at(self, now: datetime) -> bool:
+        q = self._idle
+        return q is not None and q[0] == (self._programme_version, self.selftest_at) and \
+            q[1] <= now < q[2]
+
+    def wake_in(self, cap: float) -> float:
+        """How long the agent may sleep as far as the runner is concerned: a short turn while
+        anything is in progress (a sequence, a play, a queued command, the amplifier's hold,
+        the live microphone); otherwise until the next scheduled start's pre-roll begins (or
+        its instant, without pre-roll), at most ``cap``."""
+        if self.busy or self.live_mic_until is not None:
+            return BUSY_TURN_S
+        items, quiet = self.programme()
+        if not items:
+            return cap
+        now = self.clock.now()
+        if self._idle_at(now):
+            return min(cap, (self._idle[2] - now).total_seconds())
+        lead = self.preroll_s if self.preroll else 0.0
+        soon = starting_within(items, now, lead + cap, quiet=quiet)
+        if not soon:
+            return cap
+        return max(0.0, min(cap, (soon[0].start - now).total_seconds() - lead))
 
     @property
     def busy(self) -> bool:
@@ -298,19 +352,20 @@ class Runner:
         if by:
             log.warning("live microphone preempted by khẩn cấp %s", by)
 
-    def _maybe_selftest(self, now: datetime) -> None:
+    def _maybe_selftest(self, now: datetime) -> bool:
         """Once a day at ``selftest_at`` (local): relay, amplifier and zones exercised with no
         audio, recorded like a playback (item ``selftest``)."""
         if self.selftest_at is None:
-            return
+            return False
         local = now.astimezone(TZ)
         if local.time() < self.selftest_at:
-            return
+            return False
         key = f"selftest@{local:%Y%m%d}"
         if self.store.play_state(key) is not None:
-            return
+            return False
         self._selftest(key, datetime.combine(local.date(), self.selftest_at, TZ), now,
                        "silent self-test")
+        return True
 
     def selftest_now(self, why: str, item_id: str = "selftest") -> bool:
         """A silent self-test at once (after a restart with a relay or amplifier alarm held,
@@ -443,12 +498,25 @@ class Runner:
                 return
             item = cur.occ.item  # 4. play
             if cur.preroll and now < cur.occ.start:
-                return  # pre-rolled: relay closed, amplifier warm; the sound waits its instant
+                # pre-rolled: relay closed, amplifier warm; the player made ready (started
+                # and waiting for its input); the sound waits its instant
+                if cur.armed is None and not item.stream and hasattr(self.player, "arm"):
+                    try:
+                        cur.armed = self.player.arm(self.store.audio_path(item.content))
+                    except Exception as exc:  # started the usual way at the instant
+                        log.warning("%s: player not made ready: %s", cur.occ.key, exc)
+                        cur.armed = False
+                return
             try:
                 if item.stream:
                     cur.playback = self.player.start_stream(
                         item.stream, item.duration_ms / 1000, stall_s=self.stream_stall_s)
-                else:
+                elif cur.armed and cur.armed.volume == getattr(self.player, "volume", None):
+                    cur.playback, cur.armed = cur.armed.fire(), None
+                else:  # not made ready, or the volume changed since
+                    if cur.armed:
+                        cur.armed.cancel()
+                        cur.armed = None
                     cur.playback = self.player.start(self.store.audio_path(item.content))
                 cur.play_mono = mono
                 self.board.audio_signal(True)
@@ -496,6 +564,9 @@ class Runner:
         """5. zones off, then the amplifier off after the hold (or at once on a failure)."""
         cur = self.current
         assert cur is not None
+        if cur.armed:  # made ready and never fired: ended unheard
+            cur.armed.cancel()
+            cur.armed = None
         if cur.preroll and cur.playback is None and outcome in ("preempted", "interrupted"):
             # given up before its instant: no sound went out, so it is not recorded; it may
             # still start in its own window (after what preempted it)

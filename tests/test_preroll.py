@@ -137,3 +137,31 @@ def test_agent_stopping_during_preroll_records_nothing(station, clips):
     station.runner.shutdown()
     assert not station.board.amp_relay_on
     assert station.store.play_state("a@20300101T010030Z") is None and not station.records()
+
+
+def test_the_player_is_made_ready_in_the_preroll_and_given_up_unheard(station, clips):
+    """During the pre-roll the player is started and left waiting for its input (ffmpeg's own
+    start-up, ~0.1 s, is spent before the instant); at the instant the sound flows and is the
+    clip, sample for sample. A pre-roll given up ends the waiting player without a sound."""
+    from audio_check import pcm
+    runner = station.runner
+    at = T0 + timedelta(seconds=30)
+    station.programme(item("a", clips["short"], at), item("b", clips["short"], at + timedelta(
+        seconds=30)))
+    station.clock.set(at - timedelta(seconds=0.6))
+    tick_until(station, lambda: runner.current is not None and runner.current.armed)
+    armed = runner.current.armed
+    assert station.clock.now() < at and runner.current.playback is None
+    assert armed._proc.poll() is None and not station.sink.exists()  # ready, unheard
+    tick_until(station, lambda: station.records())
+    assert station.records()[0]["data"]["outcome"] == "played"
+    assert pcm(station.sink) == pcm(station.store.audio_path(clips["short"].sha256))
+    # b's pre-roll, then a khẩn cấp command takes the air: b's waiting player is ended
+    station.sink.unlink()
+    station.clock.set(at + timedelta(seconds=30 - 0.6))
+    tick_until(station, lambda: runner.current is not None and runner.current.armed)
+    waiting = runner.current.armed
+    runner.queue(Item("cmd-y-0", clips["short"].sha256, clips["short"].duration_ms,
+                      Priority.KHAN_CAP, station.clock.now()), within_s=60)
+    runner.tick()
+    assert runner.current.occ.item.id == "cmd-y-0" and waiting._proc.poll() is not None
