@@ -60,8 +60,6 @@ SIM_FAULTS = "sim-faults.json"   # `loaxa agent fault` writes it; simulated boar
 ACTIONS_DIR = "actions"          # the station console's actions (station_agent/console.py)
 _CONNECTED = Inbound("$local/connected", b"", False)
 IDLE_WAKE_S = 1.0  # the longest an idle agent sleeps (P3: 50 ms polling cost 3.8 % of a core)
-
-
 TRIM_EVERY_S = 60.0  # an idle agent hands freed memory back to the system this often
 
 
@@ -391,6 +389,8 @@ class Agent:
         scheduled start's pre-roll), at most ``IDLE_WAKE_S``, which bounds what is checked
         on a timer (health probes, heartbeats, reports to resend, clock checks, the station
         console's actions)."""
+        if not self.link.inbox.empty():
+            return 0.0  # more arrived than one turn takes
         if self.receiving:
             return BUSY_TURN_S
         due = self.runner.due_in()  # a pre-rolled item's sound starts at its instant
