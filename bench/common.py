@@ -33,3 +33,17 @@ def hub_on_broker(prefix: str) -> tuple[Path, object, Path, object]:
         teardown([], broker, work)
         raise
     return work, broker, home, hubconfig.load(home)
+
+
+def add_communes(store, n: int, created_at: str) -> list[str]:
+    """N stations ``tram-00000``… straight into a hub's store, in communes (groups) of 100,
+    inside the caller's transaction; their ids."""
+    from hub import console
+    for c in range((n + 99) // 100):
+        console.set_group_kind(store, f"xa-{c:03d}", "commune", name=f"Xã {c:03d}")
+    sids = [f"tram-{i:05d}" for i in range(n)]
+    for i, sid in enumerate(sids):
+        store.db.execute("INSERT INTO stations(id, name, public_key, created_at) "
+                         "VALUES (?, ?, ?, ?)", [sid, f"Trạm {i:05d}", None, created_at])
+        store.db.execute("INSERT INTO station_groups VALUES (?, ?)", [sid, f"xa-{i // 100:03d}"])
+    return sids

@@ -28,6 +28,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from bench.common import add_communes
 from bench.p1_alert import _cpu_s
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,7 +109,6 @@ def _template(home: Path, work: Path) -> None:
 
 def _build(template: Path, home: Path, n: int, port: int) -> None:
     """The template with N stations in communes of 100, on the broker at ``port``."""
-    from hub import console
     from hub import config as hubconfig
     from hub.store import HubStore
     from protocol.clock import iso
@@ -119,14 +119,7 @@ def _build(template: Path, home: Path, n: int, port: int) -> None:
     store = HubStore(hubconfig.load(home).db_path)
     now = datetime.now(timezone.utc)
     with store.lock, write(store.db):
-        for c in range((n + 99) // 100):
-            console.set_group_kind(store, f"xa-{c:03d}", "commune", name=f"Xã {c:03d}")
-        for i in range(n):
-            sid = f"tram-{i:05d}"
-            store.db.execute("INSERT INTO stations(id, name, public_key, created_at) "
-                             "VALUES (?, ?, ?, ?)", [sid, f"Trạm {i:05d}", None, iso(now)])
-            store.db.execute("INSERT INTO station_groups VALUES (?, ?)",
-                             [sid, f"xa-{i // 100:03d}"])
+        for sid in add_communes(store, n, iso(now)):
             # what a station's first birth records: it takes its bundle compressed
             store.db.execute("INSERT INTO station_state(station_id, accepts) VALUES (?, ?)",
                              [sid, "zlib" if COMPRESSED else None])

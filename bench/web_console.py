@@ -54,6 +54,7 @@ def run() -> dict:
 def build(home: Path, work: Path) -> float:
     """N stations in communes of 100, three daily items for all, and 90 days of their plays
     (one in 23 failed) written through the hub store's own writer; seconds taken."""
+    from bench.common import add_communes
     from hub import console
     from hub import config as hubconfig
     from hub.admin import add_content_file, announce, init_hub
@@ -68,14 +69,7 @@ def build(home: Path, work: Path) -> float:
                              datetime.min.time(), console.TZ)
     t0 = time.monotonic()
     with store.lock, write(store.db):
-        for c in range(N // 100):
-            console.set_group_kind(store, f"xa-{c:03d}", "commune", name=f"Xã {c:03d}")
-        for i in range(N):
-            sid = f"tram-{i:05d}"
-            store.db.execute("INSERT INTO stations(id, name, public_key, created_at) "
-                             "VALUES (?, ?, ?, ?)", [sid, f"Trạm {i:05d}", None, iso(first)])
-            store.db.execute("INSERT INTO station_groups VALUES (?, ?)",
-                             [sid, f"xa-{i // 100:03d}"])
+        for i, sid in enumerate(add_communes(store, N, iso(first))):
             store.set_state(sid, online=int(i % 17 != 0), since=iso(now), active_version=1,
                             held_version=1, missing="", clock_trusted=1, health="ok", restarts=1)
     content = add_content_file(store, tone(work / "t.wav", 2), title="Bản tin", now=first)

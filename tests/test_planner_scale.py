@@ -75,6 +75,19 @@ def _content(store: HubStore, n: int) -> dict:
     return store.content(sha)
 
 
+def _one_commune(store: HubStore, sids: list[str], items: int, title: str) -> dict:
+    """Stations in one group and ``items`` daily items for all, on one audio file."""
+    with store.lock:
+        for sid in sids:
+            store.add_station(sid, "t", None, ["xa-1"], NOW)
+    c = _content(store, 1)
+    for n in range(items):
+        announce(store, content=c, when=NOW + timedelta(minutes=5 + n),
+                 priority=Priority.THONG_THUONG, target="all", every="FREQ=DAILY", now=NOW,
+                 title=title)
+    return c
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_every_bundle_is_the_plain_encoding_of_its_own_programme(fleet, seed):
     store, signer = fleet
@@ -124,14 +137,8 @@ def test_every_bundle_is_the_plain_encoding_of_its_own_programme(fleet, seed):
 
 def test_a_shared_programme_is_stored_once_and_dropped_with_its_last_bundle(fleet):
     store, signer = fleet
-    with store.lock:
-        for i in range(50):
-            store.add_station(f"tram-{i:02d}", "t", None, ["xa-1"], NOW)
-    c = _content(store, 1)
-    for n in range(20):
-        announce(store, content=c, when=NOW + timedelta(minutes=5 + n),
-                 priority=Priority.THONG_THUONG, target="all", every="FREQ=DAILY", now=NOW,
-                 title="Thông báo của Ủy ban nhân dân xã về lịch tiêm chủng")
+    c = _one_commune(store, [f"tram-{i:02d}" for i in range(50)], 20,
+                     "Thông báo của Ủy ban nhân dân xã về lịch tiêm chủng")
     list(planner.replan(store, signer, NOW, None))
     [(n, size)] = store.db.execute("SELECT count(*), sum(length(prefix)) FROM programmes")
     stored = store.db.execute("SELECT sum(length(coalesce(raw, '')) + length(tail) + "
@@ -158,14 +165,8 @@ def test_sealing_an_encoded_body_is_sealing_the_body():
 
 def test_compressed_bundles_inflate_to_the_signed_bytes_and_bombs_are_refused(fleet):
     store, signer = fleet
-    with store.lock:
-        for i in range(6):
-            store.add_station(f"tram-{i}", "t", None, ["xa-1"], NOW)
-    c = _content(store, 1)
-    for n in range(30):
-        announce(store, content=c, when=NOW + timedelta(minutes=5 + n),
-                 priority=Priority.THONG_THUONG, target="all", every="FREQ=DAILY", now=NOW,
-                 title="Lịch tiếp công dân của Ủy ban nhân dân xã")
+    _one_commune(store, [f"tram-{i}" for i in range(6)], 30,
+                 "Lịch tiếp công dân của Ủy ban nhân dân xã")
     out = dict(b for batch in planner.replan(store, signer, NOW, None,
                                              compressed={"tram-1", "tram-4"}) for b in batch)
     for sid, issued in out.items():
