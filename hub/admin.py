@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import stat
 import tempfile
 import uuid
 from contextlib import contextmanager
@@ -292,6 +293,44 @@ def serving(db_path: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def _wake_path(db_path: Path) -> Path:
+    return Path(db_path).parent / "serve.wake"
+
+
+def wake_line(db_path: Path) -> int:
+    """`hub serve`'s end of its wake-up line (a FIFO beside the store, owner only): a command
+    signed by the CLI or the web is published at once, not at the loop's next turn. Opened
+    for reading and writing, so reads block instead of seeing end-of-file between writers."""
+    path = _wake_path(db_path)
+    try:
+        os.mkfifo(path, 0o600)
+    except FileExistsError:
+        pass
+    fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+    if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise HubError(f"{path} không phải FIFO / is not a FIFO: remove it")
+    return fd
+
+
+def nudge(db_path: Path) -> bool:
+    """Tell a serving hub that something waits for it (a command). Nothing happens, and
+    False comes back, when no hub serves: it finds the command when it starts."""
+    try:
+        fd = os.open(_wake_path(db_path), os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:  # ENXIO: no reader; ENOENT: never served
+        return False
+    try:
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return False
+        os.write(fd, b"!")
+    except BlockingIOError:
+        pass  # the line is full: the hub has wake-ups waiting already
+    finally:
+        os.close(fd)
+    return True
+
+
 def is_serving(db_path: Path) -> bool:
     try:
         fd = os.open(_lock_path(db_path), os.O_RDONLY)
@@ -504,6 +543,7 @@ def issue_command(cfg: hubconfig.HubConfig, store: HubStore, action: str, target
                            "raw": raw.decode("utf-8"), "issued_at": iso(now),
                            "expires_at": iso(now + timedelta(seconds=ttl_s)),
                            "published_at": None, "by": by}, stations)
+    nudge(store.path)
     return store.command(cid)
 
 

@@ -23,7 +23,7 @@ from . import config as hubconfig
 from .admin import (COMMAND_STATES_VI, EVERY, NOT_SERVING, add_content_file,
                     add_content_text, add_station, announce, cancel_item, check_target,
                     command_progress, find_content, first_start, hub_view, init_hub,
-                    is_serving, issue_command, parse_duration, play_body, serving,
+                    is_serving, issue_command, parse_duration, play_body, serving, wake_line,
                     set_station_key, status_rows)
 from .config import HubError
 from .display import ALARMS_VI, parse_date, parse_when, render_hub, render_status, show
@@ -622,6 +622,7 @@ def cmd_serve(args) -> int:
                           topics=Topics(cfg.prefix), broker=cfg.broker,
                           clock=make_clock(cfg.clock), quiet=cfg.quiet,
                           offline_alarm_s=cfg.offline_alarm_s, key_path=cfg.key_path)
+            svc.listen_for_wakes(wake_line(cfg.db_path))  # a command goes out at once
             stop = threading.Event()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: stop.set())

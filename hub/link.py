@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import threading
 from datetime import timedelta
@@ -34,6 +35,7 @@ PUSH_AGAIN_S = 600.0  # a file pushed on a shared topic is not pushed there agai
 BLOB_CACHE_BYTES = 64 * 2**20
 RESEND_AFTER_S = 3.0  # a chunk sent this recently is not sent again for the same station
 _CONNECTED = Inbound("$local/connected", b"", False)
+_WAKE = Inbound("$local/wake", b"", False)  # the CLI or the web stored a command
 
 
 class HubLink:
@@ -303,7 +305,22 @@ class HubLink:
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
 
+    def listen_for_wakes(self, fd: int) -> None:
+        """Wake the loop whenever a byte arrives on ``fd`` (hub.admin.wake_line): its next
+        turn publishes what was stored."""
+        def listen() -> None:
+            while True:
+                try:
+                    if not os.read(fd, 512):
+                        return
+                except OSError:
+                    return  # closed: the hub is stopping
+                self.link.inbox.put(_WAKE)
+        threading.Thread(target=listen, name="hub-wake", daemon=True).start()
+
     def handle(self, msg: Inbound) -> None:
+        if msg is _WAKE:
+            return
         if msg is _CONNECTED:
             # a new connection of ours: what the old broker acknowledged may never have
             # reached a station, so nothing counts as recently sent any more

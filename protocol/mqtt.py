@@ -23,7 +23,7 @@ import ssl
 import struct
 import termios
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import paho.mqtt.client as paho
@@ -41,6 +41,9 @@ class Inbound:
     topic: str
     payload: bytes
     retain: bool
+    # under a metered SharedLoop: when the message was read, on the reading link's own
+    # clock (station_agent/simfleet.py, StationClocks); else None
+    ready_at: float | None = field(default=None, compare=False)
 
 
 class Sent:
@@ -361,10 +364,41 @@ class MqttLink:
             self._loop.reconnect_later(self)
 
     def _handle_message(self, client, userdata, msg) -> None:
-        m = Inbound(msg.topic, bytes(msg.payload), bool(msg.retain))
+        meter = self._loop.meter if self._loop is not None else None
+        m = Inbound(msg.topic, bytes(msg.payload), bool(msg.retain),
+                    meter.now(self) if meter is not None else None)
         if self._on_inbound is not None:
             self._on_inbound(m)
         self.inbox.put(m)
+
+
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; SCM_TIMESTAMPNS is the same
+
+
+METERED_RCVBUF = 512 * 1024  # the kernel doubles it
+
+
+class Meter:
+    """What a ``SharedLoop`` tells about its links' work (see ``SharedLoop.meter``)."""
+
+    def begin(self, link: MqttLink) -> None: ...
+    def end(self) -> None: ...
+    def arrived(self, at: float) -> None: ...
+    def now(self, link: MqttLink) -> float | None: ...
+
+
+def _stamped_recv(c: paho.Client, bufsize: int, meter: Meter) -> bytes:
+    """paho's socket read, with the kernel's receive timestamp of the last bytes returned
+    (TCP reports the newest segment a read consumed) passed to ``meter.arrived``."""
+    sock = c._sock
+    if sock is None or not hasattr(sock, "recvmsg") or isinstance(sock, ssl.SSLSocket):
+        return paho.Client._sock_recv(c, bufsize)
+    data, anc, _, _ = sock.recvmsg(bufsize, 64)  # BlockingIOError as recv() raises it
+    for level, kind, raw in anc:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(raw) >= 16:
+            sec, nsec = struct.unpack("qq", raw[:16])
+            meter.arrived(sec + nsec / 1e9)
+    return data
 
 
 def _readable(sock) -> bool:
@@ -399,9 +433,16 @@ class SharedLoop:
         self.touched: set[MqttLink] = set()  # links that had traffic since the owner looked
         self._writes: set[MqttLink] = set()  # paho has bytes queued for these
         self._polled_writes: set[MqttLink] = set()  # ... and waits for epoll to say writable
+        # set before links attach: told of each link's reads and writes (begin(link), end())
+        # and of when the bytes each read returns reached this host (arrived(seconds since
+        # the epoch, the kernel's receive timestamp)); a fleet meters its stations' work
+        # with it (station_agent/simfleet.py, StationClocks)
+        self.meter: Meter | None = None
 
     def attach(self, link: MqttLink) -> None:
         c = link._client
+        if self.meter is not None:
+            c._sock_recv = lambda bufsize: _stamped_recv(c, bufsize, self.meter)
         c.on_socket_open = lambda client, ud, sock: self._register(sock, link)
         c.on_socket_close = lambda client, ud, sock: self._unregister(sock)
         c.on_socket_register_write = lambda client, ud, sock: self._want(sock, link, True)
@@ -433,6 +474,15 @@ class SharedLoop:
         self._retry[link] = (time.monotonic() + delay, delay)
 
     def _register(self, sock, link: MqttLink) -> None:
+        if self.meter is not None:
+            try:  # each read then says when its bytes arrived
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+                # room for what the broker sends while this one thread reads other links
+                # (a client on a CPU of its own keeps its buffer drained), so that when
+                # bytes arrived measures the broker, not this loop's turn
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, METERED_RCVBUF)
+            except OSError:
+                pass
         try:
             self.sel.register(sock, self._selectors.EVENT_READ, link)
         except (KeyError, ValueError):
@@ -470,13 +520,20 @@ class SharedLoop:
             pass
 
     def _flush_writes(self) -> None:
+        meter = self.meter
         for link in list(self._writes - self._polled_writes):
             c = link._client
             sock = c.socket()
             if sock is None:
                 self._writes.discard(link)
                 continue
-            c.loop_write()  # calls _want(False) once all is sent
+            if meter:
+                meter.begin(link)
+            try:
+                c.loop_write()  # calls _want(False) once all is sent
+            finally:
+                if meter:
+                    meter.end()
             if link in self._writes and c.socket() is sock:  # the socket's buffer is full
                 self._polled_writes.add(link)
                 self._modify(sock, link, self._selectors.EVENT_READ |
@@ -489,19 +546,26 @@ class SharedLoop:
         import time
         self._flush_writes()  # what the owner queued since the last turn
         events = self.sel.select(timeout) if self.sel.get_map() else []
+        meter = self.meter
         for key, mask in events:
             c = key.data._client
-            if mask & self._selectors.EVENT_READ:
-                # what has arrived for this link, not one packet a turn: a station's
-                # command and the audio pushed behind it are taken together, instead of one
-                # message per turn of the whole fleet
-                for _ in range(self.READS_PER_TURN):
-                    c.loop_read()
-                    if not _readable(c.socket()):
-                        break
-                self.touched.add(key.data)
-            if mask & self._selectors.EVENT_WRITE and c.socket() is not None:
-                c.loop_write()
+            if meter:
+                meter.begin(key.data)
+            try:
+                if mask & self._selectors.EVENT_READ:
+                    # what has arrived for this link, not one packet a turn: a station's
+                    # command and the audio pushed behind it are taken together, instead of
+                    # one message per turn of the whole fleet
+                    for _ in range(self.READS_PER_TURN):
+                        c.loop_read()
+                        if not _readable(c.socket()):
+                            break
+                    self.touched.add(key.data)
+                if mask & self._selectors.EVENT_WRITE and c.socket() is not None:
+                    c.loop_write()
+            finally:
+                if meter:
+                    meter.end()
         self._flush_writes()  # acknowledgements of what was just read
         now = time.monotonic()
         if now - self._misc_at >= self.MISC_EVERY_S:

@@ -146,6 +146,7 @@ class Agent:
         self._fetching: dict[str, float] = {}    # sha -> monotonic time of last progress
         self._wake = threading.Event()
         self._requested_at = -1e9  # when missing audio was last looked over
+        self._command_taken = False  # a command was accepted: the runner ticks at once
         self._window_end: dict[str, int] = {}    # sha -> end of the window asked for
         self._status_path = Path(cfg.data_dir) / "status.json"
         self._last_status: dict[str, Any] | None = None
@@ -252,6 +253,10 @@ class Agent:
             self.runner.selftest_now("re-check after restart")
 
     def stop(self) -> None:
+        try:
+            self.commands.settle()
+        except Exception:  # stopping goes on; the command ends as failed at the next start
+            log.exception("recording started commands failed")
         self.runner.shutdown()
         self.link.stop(send_will=True)
         self.board.close()
@@ -286,10 +291,12 @@ class Agent:
             notify.stopping()
             self.stop()
 
-    def step(self, *, light: bool = False) -> None:
+    def step(self, *, light: bool = False, settle: bool = True) -> None:
         """One turn of the station. ``light``: only what a play or a transfer in progress
         needs (messages, the runner, audio requests, reports at most twice a second), for a
-        fleet that steps thousands of stations on one thread; a full step does the rest."""
+        fleet that steps thousands of stations on one thread; a full step does the rest.
+        ``settle=False``: the bookkeeping of what started this turn waits for ``settle()``
+        (a fleet lets every station start first, as separate CPUs would)."""
         now, mono = self.clock.now(), self.clock.monotonic()
         change = self.trust.observe(now, mono)
         if change:
@@ -300,14 +307,6 @@ class Agent:
         if mono - self._time_asked >= (TIME_ASK_EVERY_S if not self.trust.trusted
                                        else TIME_CHECK_EVERY_S):
             self._ask_time()  # clock check against the hub, and the link's round trip
-        for _ in range(200):
-            try:
-                msg = self.link.inbox.get_nowait()
-            except Exception:
-                break
-            self.handle(msg)
-        # each phase on its own: a bug in one (logged, counted) never stops the others,
-        # above all never the runner
         def tick() -> None:
             # the runner reads the clock again: if the wall clock moved unlike the monotonic
             # one since the trust above was judged (a step between the two readings), nothing
@@ -316,6 +315,23 @@ class Agent:
             at = (self.clock.now(), self.clock.monotonic())
             drift = (at[0] - now).total_seconds() - (at[1] - mono)
             self.runner.tick(timed=self.trust.trusted and abs(drift) < 1.0, at=at)
+        for _ in range(200):
+            try:
+                msg = self.link.inbox.get_nowait()
+            except Exception:
+                break
+            self.handle(msg)
+            if self._command_taken:
+                # a play (a khẩn cấp alert) starts now, not after the messages behind it
+                # (the audio pushed with it, a backlog after a reconnect)
+                self._command_taken = False
+                try:
+                    tick()
+                except Exception:
+                    log.exception("agent step failed")
+                    self.store.bump("errors.step")
+        # each phase on its own: a bug in one (logged, counted) never stops the others,
+        # above all never the runner
         if light:  # reports: flush_due(), after the fleet has stepped every busy station
             phases = [tick, self._request_audio] if self._fetching else [tick]
         else:
@@ -324,12 +340,18 @@ class Agent:
                       self._request_audio, self._flush_reports, self.updater.step,
                       self._sample_health,
                       self._heartbeat, self._leds, self._write_status]
+        if settle:
+            phases.append(self.settle)
         for phase in phases:
             try:
                 phase()
             except Exception:
                 log.exception("agent step failed")
                 self.store.bump("errors.step")
+
+    def settle(self) -> None:
+        """What follows a start: its ``started`` records."""
+        self.commands.settle()
 
     def _exit_for_switch(self) -> None:
         """A release is installed: this version stops (reports flushed first) so that the
@@ -838,7 +860,8 @@ class Agent:
         # expiry is judged by check_fresh: the station's clock may be the thing that is wrong
         env = verify(msg.payload, self.hub_keys, now=None, kind="command")
         hub_now = self.hub_time.estimate(self.clock.monotonic())
-        self.commands.handle(env, stream, trusted=self.trust.trusted, hub_now=hub_now)
+        self._command_taken = self.commands.handle(env, stream, trusted=self.trust.trusted,
+                                                   hub_now=hub_now) is not None
         self._requested_at = -1e9  # a play of audio not held: asked for at once
         self._saw_hub(env.iat)
 
@@ -954,7 +977,7 @@ class Agent:
         if digest != c.sha:
             self.store.discard_part(c.sha)
             raise Refused(Reason.BAD_AUDIO, f"audio {c.sha[:12]} arrived with hash {digest[:12]}")
-        activated = self.store.keep_audio(c.sha, self.clock.now())
+        activated = self.store.keep_audio(c.sha, self.clock.now(), hashed=True)
         if activated is not None:
             log.info("bundle %d active", activated)
         if "audio_corrupt" in self._held_alarms():

@@ -150,6 +150,7 @@ class Commands:
         self.player = player
         self.report_now = report_now
         self._plays: dict[str, dict[str, Any]] = {}   # command id -> its plays' progress
+        self._unsettled: list[tuple[str, str, datetime]] = []  # started, not yet recorded
         self.content: dict[str, dict[str, int]] = {}  # audio commanded plays need, with size
         self.extra_wanted: dict[str, dict[str, int]] = {}  # a release being fetched (update)
         # station_agent/update.py: (done already, detail), or UpdateRefused
@@ -205,7 +206,8 @@ class Commands:
         self.content[b["content"]] = {"size": int(b["size"]), "duration_ms": b["duration_ms"]}
         if b.get("push"):
             self.expect_push(b["content"], int(b["size"]))
-        self._plays[cmd.id] = {"total": repeat, "ended": [], "started": False}
+        self._plays[cmd.id] = {"total": repeat, "ended": [], "started": False,
+                               "issued": cmd.iat}
         now = self.clock.now()
         for k in range(repeat):
             item = Item(f"cmd-{cmd.id}-{k}", b["content"], int(b["duration_ms"]),
@@ -280,9 +282,12 @@ class Commands:
         now = self.clock.now()
         if outcome == "started":
             if not track["started"]:
+                # written after the sound has started, by settle(): the station's turn
+                # ends with it (a fleet settles after every station's turn)
                 track["started"] = True
-                self.store.command_progress(cid, "started", key, now)
+                self._unsettled.append((cid, key, now))
             return
+        self.settle()  # "started" before what follows it
         track["ended"].append(outcome)
         if len(track["ended"]) < track["total"]:
             return
@@ -291,6 +296,21 @@ class Commands:
         self.store.command_progress(cid, "done" if ok else "failed",
                                     detail or ", ".join(track["ended"]), now,
                                     {"outcomes": track["ended"]})
+
+    def issued_at(self, item_id: str) -> datetime | None:
+        """When the hub issued the command behind a commanded play in progress."""
+        if not item_id.startswith("cmd-"):
+            return None
+        track = self._plays.get(item_id[4:].rsplit("-", 1)[0])
+        return track.get("issued") if track else None
+
+    def settle(self) -> bool:
+        """Record the commanded plays that started since the last call (``started`` events:
+        bookkeeping after the sound, not before it). True if there was any."""
+        done, self._unsettled = self._unsettled, []
+        for cid, key, at in done:
+            self.store.command_progress(cid, "started", key, at)
+        return bool(done)
 
     def wanted_meta(self, sha: str) -> dict[str, int] | None:
         """``wanted().get(sha)``, without copying the map."""

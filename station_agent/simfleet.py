@@ -27,7 +27,7 @@ from typing import Any, Callable
 from audio.player import Outcome
 from protocol.clock import Clock, SystemClock, iso
 from protocol.envelope import Signer, public_to_text
-from protocol.mqtt import SharedLoop
+from protocol.mqtt import Meter, SharedLoop
 from protocol.storage import write
 
 from .agent import Agent
@@ -157,22 +157,82 @@ class Start:
     station: str
     content: str
     at: datetime
+    # the same start on a station with a CPU of its own (StationClocks), seconds since the
+    # epoch; None when it was not metered
+    own_cpu_at: float | None = None
+    event: str = "start"  # or "stored": the station holds the verified audio ``content``
+
+
+class StationClocks(Meter):
+    """Each station's own clocks, as if it had a CPU of its own (real stations do): this
+    process runs N stations' work in turn on one thread, so a station's recorded start waits
+    for the work of every station stepped before it, which no real station does.
+
+    A station has two clocks, as a real agent has two threads: its link's (reads and writes)
+    and its agent's (its turns). Each advances by the work done on it, measured here, and
+    never runs ahead of its input: a read moves the link's clock up to the kernel's receive
+    timestamp of the bytes it returned (``SharedLoop.meter``); the agent's turn taking a
+    message moves the agent's clock up to when its link read it (``Inbound.ready_at``). So
+    a commanded start's ``own_cpu_at`` is when the command (and any audio it needed)
+    reached this host through the real broker plus the station's own measured work on it:
+    never earlier than was physically possible, and ``at`` at the latest."""
+
+    def __init__(self) -> None:
+        self.link: dict[Any, float] = {}
+        self.agent: dict[Any, float] = {}
+        self.current: Any = None
+        self._clocks = self.link
+        self._since = 0.0
+
+    def begin(self, station: Any) -> None:
+        """Its link's reads and writes."""
+        self.current, self._clocks, self._since = station, self.link, time.perf_counter()
+
+    def begin_turn(self, station: Any) -> None:
+        """Its agent's turn."""
+        self.current, self._clocks, self._since = station, self.agent, time.perf_counter()
+
+    def arrived(self, at: float) -> None:
+        """Nothing that follows happens before ``at`` on the current clock."""
+        now = time.perf_counter()
+        c, clocks = self.current, self._clocks
+        clocks[c] = max(clocks.get(c, 0.0) + now - self._since, at)
+        self._since = now
+
+    def end(self) -> None:
+        c, clocks = self.current, self._clocks
+        clocks[c] = clocks.get(c, 0.0) + time.perf_counter() - self._since
+        self.current = None
+
+    def now(self, station: Any) -> float | None:
+        """The station's current clock now, if it is the one at work (else None)."""
+        if station is None or station is not self.current:
+            return None
+        return self._clocks.get(station, 0.0) + time.perf_counter() - self._since
 
 
 class SimFleet:
     def __init__(self, configs: list[StationConfig], *, clock: Clock | None = None,
                  play_s: float = 2.0, idle_every_s: float = 5.0,
-                 on_start: Callable[[Start], None] | None = None) -> None:
+                 on_start: Callable[[Start], None] | None = None,
+                 on_stored: Callable[[Start], None] | None = None) -> None:
         self.clock = clock or SystemClock()
         self.loop = SharedLoop()
         self.idle_every_s = idle_every_s
         self.starts: list[Start] = []
         self._on_start = on_start
+        self.work = StationClocks()
+        self.loop.meter = self.work
         self.agents: list[Agent] = []
+        self._by_id: dict[str, Agent] = {}
         for cfg in configs:
             player = NullPlayer(self.clock, self._recorder(cfg.station_id), play_s)
             self.agents.append(Agent(cfg, clock=self.clock, player=player, loop=self.loop,
                                      status_file=False))
+            self._by_id[cfg.station_id] = self.agents[-1]
+            self._meter_messages(self.agents[-1])
+            if on_stored:
+                self._record_stored(self.agents[-1], on_stored)
         shared: dict[str, SharedKey] = {}
         for a in self.agents:
             a.hub_keys.wrap(lambda kid, pub: shared.setdefault(kid, SharedKey(pub)))
@@ -182,14 +242,41 @@ class SimFleet:
         self._idle_at = time.monotonic()
         self._reports_at = self._idle_at  # when the fleet last let reports go
         self._to_report: set[Agent] = set()  # stepped since: their reports may be due
+        self._to_settle: set[Agent] = set()  # stepped since: what they started to record
+        self._settled_at = self._idle_at
+
+    def _meter_messages(self, a: Agent) -> None:
+        """A message is taken no earlier than its link read it (StationClocks)."""
+        handle, work = a.handle, self.work
+
+        def taken(msg: Any) -> None:
+            ready = getattr(msg, "ready_at", None)
+            if ready is not None and work.current is a.link:
+                work.arrived(ready)
+            handle(msg)
+        a.handle = taken
+
+    def _record_stored(self, a: Agent, on_stored: Callable[[Start], None]) -> None:
+        """``on_stored`` for each audio file the station comes to hold (benchmarks)."""
+        keep = a.store.keep_audio
+
+        def kept(sha: str, at: datetime, **kw: Any) -> int | None:
+            out = keep(sha, at, **kw)
+            on_stored(Start(a.id, sha, self.clock.now(), self._own_cpu_at(a.id), "stored"))
+            return out
+        a.store.keep_audio = kept
 
     def _recorder(self, sid: str) -> Callable[[str, datetime], None]:
         def record(content: str, at: datetime) -> None:
-            s = Start(sid, content, at)
+            s = Start(sid, content, at, self._own_cpu_at(sid))
             self.starts.append(s)
             if self._on_start:
                 self._on_start(s)
         return record
+
+    def _own_cpu_at(self, sid: str) -> float | None:
+        a = self._by_id.get(sid)
+        return self.work.now(a.link) if a is not None else None
 
     def start(self) -> None:
         for a in self.agents:
@@ -232,16 +319,42 @@ class SimFleet:
         stepped = [a for a in self._active | full
                    if a in full or a.link in touched or a.runner.busy
                    or not a.link.inbox.empty() or mono >= a.request_due_at()]
+        work = self.work
         for a in stepped:
-            a.step(light=a not in full)
+            work.begin_turn(a.link)
+            try:
+                a.step(light=a not in full, settle=False)
+            finally:
+                work.end()
+        # what follows a start (its records), once no station had new traffic this turn
+        # (or a second on): every station takes the air before any does its bookkeeping,
+        # as separate CPUs would let them
+        self._to_settle.update(stepped)
+        if self._to_settle and (not touched or now - self._settled_at >= 1.0):
+            self._settled_at = now
+            for a in self._to_settle:
+                work.begin_turn(a.link)
+                try:
+                    a.settle()
+                finally:
+                    work.end()
+            self._to_settle = set()
         # reports after every busy station has had its turn, and while audio is arriving
         # at any station, after the transfers (up to three idle periods): a real station
         # sends them on its own CPU beside its transfer; here they would delay the others'
         self._to_report.update(a for a in stepped if a not in full)
-        if not any(a.receiving for a in self._active) or \
-                now - self._reports_at >= 3 * self.idle_every_s:
+        if not self._to_settle and (not any(a.receiving for a in self._active) or
+                                    now - self._reports_at >= 3 * self.idle_every_s):
             self._reports_at = now
-            self._to_report = {a for a in self._to_report if not a.flush_due()}
+            left = set()
+            for a in self._to_report:
+                work.begin_turn(a.link)
+                try:
+                    if not a.flush_due():
+                        left.add(a)  # sent less than half a second ago: next time
+                finally:
+                    work.end()
+            self._to_report = left
         for a in stepped:
             if not a.busy:
                 self._active.discard(a)
@@ -269,7 +382,8 @@ def register(sub) -> None:
     p.add_argument("--root", type=Path, help="where the stations' folders go "
                    "(default /dev/shm/loaxa-sim or /tmp/loaxa-sim)")
     p.add_argument("--play-s", type=float, default=2.0, help="how long a null playback lasts")
-    p.add_argument("--starts", type=Path, help="append each recorded start here (JSON lines)")
+    p.add_argument("--starts", type=Path, help="append each recorded start, and each audio "
+                   "file stored, here (JSON lines)")
     p.set_defaults(fn=cmd_fleet)
 
 
@@ -280,11 +394,13 @@ def cmd_fleet(args) -> int:
     configs = enrol(args.hub_home, args.stations, root)
     out = open(args.starts, "a", buffering=1) if args.starts else None
 
-    def on_start(s: Start) -> None:
+    def on_event(s: Start) -> None:
         if out:
-            out.write(json.dumps({"station": s.station, "content": s.content,
-                                  "at": s.at.timestamp()}) + "\n")
-    fleet = SimFleet(configs, play_s=args.play_s, on_start=on_start)
+            out.write(json.dumps({"event": s.event, "station": s.station,
+                                  "content": s.content, "at": s.at.timestamp(),
+                                  "own_cpu_at": s.own_cpu_at}) + "\n")
+    fleet = SimFleet(configs, play_s=args.play_s, on_start=on_event,
+                     on_stored=on_event if out else None)
     stop = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.append(1))

@@ -20,6 +20,10 @@ from protocol.storage import Migrations, open_db, write
 
 migrations = Migrations("station")
 LAZY_COUNTERS_S = 5.0
+# a file hashed this recently, and unchanged since by its inode's record (size, times,
+# inode), is not hashed again before it goes on air: audio pushed with a khẩn cấp command is
+# verified as it is stored, a second or two before it plays
+VERIFIED_FRESH_S = 60.0
 
 
 @migrations
@@ -53,6 +57,7 @@ class StationStore:
         self._present: set[str] | None = None  # audio recorded as held (see has_audio)
         self._parts: dict[str, int] = {}  # part files' sizes (see part_size)
         self._hashers: dict[str, Any] = {}  # running SHA-256 of part files (see part_digest)
+        self._verified: dict[str, tuple[tuple[int, ...], float]] = {}  # sha -> (stat, when)
         self.appended = 0  # events appended by this process (see _event)
         self._lazy: dict[str, int] = {}
         self._lazy_at = time.monotonic()
@@ -287,12 +292,19 @@ class StationStore:
         h = hashlib.sha256()
         try:
             with open(self.audio_path(sha), "rb") as f:
+                seen = _identity(os.fstat(f.fileno()))
+                last = self._verified.get(sha)
+                if last is not None and last[0] == seen and \
+                        time.monotonic() - last[1] < VERIFIED_FRESH_S:
+                    return None
                 for block in iter(lambda: f.read(1 << 16), b""):
                     h.update(block)
         except OSError as exc:
             return f"audio {sha[:12]} cannot be read: {exc.strerror}"
         if h.hexdigest() == sha:
+            self._verified[sha] = (seen, time.monotonic())
             return None
+        self._verified.pop(sha, None)
         self.forget_audio(sha)
         return f"audio {sha[:12]} changed on disk (hash {h.hexdigest()[:12]}): dropped"
 
@@ -302,6 +314,7 @@ class StationStore:
             self.db.execute("DELETE FROM audio WHERE sha = ?", [sha])
         if self._present is not None:
             self._present.discard(sha)
+        self._verified.pop(sha, None)
         self.audio_path(sha).unlink(missing_ok=True)
 
     def discard_part(self, sha: str) -> None:
@@ -309,10 +322,12 @@ class StationStore:
         self._hashers.pop(sha, None)
         self.part_path(sha).unlink(missing_ok=True)
 
-    def keep_audio(self, sha: str, at: datetime) -> int | None:
+    def keep_audio(self, sha: str, at: datetime, *, hashed: bool = False) -> int | None:
         """The verified part file becomes the cached audio: fsync'd, renamed, then recorded;
         in the same transaction the pending bundle becomes active if this was the last file
-        it lacked (the version activated is returned, if one was)."""
+        it lacked (the version activated is returned, if one was). ``hashed``: the caller
+        has just checked the part's SHA-256 (``verify_audio`` need not read it again for
+        ``VERIFIED_FRESH_S``)."""
         self._parts.pop(sha, None)
         self._hashers.pop(sha, None)
         part, final = self.part_path(sha), self.audio_path(sha)
@@ -323,6 +338,8 @@ class StationStore:
         finally:
             os.close(fd)
         os.replace(part, final)
+        if hashed:
+            self._verified[sha] = (_identity(os.stat(final)), time.monotonic())
         dfd = os.open(self.audio_dir, os.O_RDONLY)
         try:
             os.fsync(dfd)
@@ -443,3 +460,8 @@ class StationStore:
                                 "scheduled_at > ?", [iso(now)])
         return [r[0] for r in self.db.execute(
             "SELECT key FROM plays WHERE outcome IN ('started', 'preroll')").fetchall()]
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    """What any write to a file changes: its size, modification and change times, inode."""
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)

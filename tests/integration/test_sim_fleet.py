@@ -10,7 +10,7 @@ from hub import config as hubconfig
 from hub.admin import add_content_text, init_hub, issue_command, play_body
 from hub.link import HubLink
 from hub.store import HubStore
-from protocol.clock import SystemClock
+from protocol.clock import SystemClock, parse_iso
 from protocol.envelope import Signer, seal
 from protocol.topics import Topics
 from schedules import Priority
@@ -57,6 +57,12 @@ def test_a_simulated_fleet_runs_on_one_thread_and_takes_an_alert_once(tmp_path, 
             fleet.step()
         assert len(fleet.starts) == N  # each once
         assert all(s.content == c["sha"] for s in fleet.starts)
+        # each start as on a CPU of its own (StationClocks): after the command was issued,
+        # never later than the start this one thread recorded
+        t_issue = parse_iso(cmd["issued_at"]).timestamp()
+        for s in fleet.starts:
+            assert s.own_cpu_at is not None
+            assert t_issue <= s.own_cpu_at <= s.at.timestamp() + 0.001
         # a forged alert (someone else's key) is refused by every station, and plays nowhere
         forged = seal("command", {"id": "forged", "target": "all", "action": "play",
                                   **play_body(c, priority=Priority.KHAN_CAP)},
