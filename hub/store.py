@@ -605,9 +605,10 @@ class HubStore:
     def add_command(self, row: dict[str, Any], stations: list[str]) -> None:
         with self.lock, write(self.db):
             self.db["commands"].insert(row)
-            self.db["command_targets"].insert_all(
-                [{"command_id": row["id"], "station_id": sid, "state": "targeted",
-                  "at": row["issued_at"], "detail": ""} for sid in stations])
+            self.db.conn.executemany(  # one statement for a province's rows
+                "INSERT INTO command_targets (command_id, station_id, state, at, detail) "
+                "VALUES (?, ?, 'targeted', ?, '')",
+                [(row["id"], sid, row["issued_at"]) for sid in stations])
 
     def next_command_seq(self, stream: str) -> int:
         """Within the caller's transaction: the next sequence number of a command stream."""
