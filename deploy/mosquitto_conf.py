@@ -8,7 +8,15 @@ from protocol.topics import Topics
 HUB_CN = "loaxa-hub"
 
 
-def render_acl(prefix: str = "loaxa", hub_cn: str = HUB_CN) -> str:
+def bridge_cn(name: str) -> str:
+    """The CN (so the MQTT username) of an edge broker's bridge certificate."""
+    return f"loaxa-bridge-{name}"
+
+
+def render_acl(prefix: str = "loaxa", hub_cn: str = HUB_CN,
+               bridges: dict[str, list[str] | None] | None = None) -> str:
+    """``bridges``: edge brokers bridged to this one, by name, with the stations behind
+    each (None: every station); each may carry those stations' topics and no others."""
     p = Topics(prefix).prefix  # validated: no wildcards, no trailing '/'
     # `pattern` lines apply to every client; `topic` lines before the first `user` would
     # apply only to anonymous clients, which this broker refuses (the first ACL shipped
@@ -32,7 +40,26 @@ def render_acl(prefix: str = "loaxa", hub_cn: str = HUB_CN) -> str:
         *shared,
         "",
         "# Every other client is a station whose certificate CN is its station id (%u).",
-        *station, ""])
+        *station, "", *_bridge_acl(p, bridges or {})])
+
+
+def _bridge_acl(p: str, bridges: dict[str, list[str] | None]) -> list[str]:
+    """An edge broker's bridge speaks for the stations behind it: their own topics, each
+    way as a station's own are, and nothing else (what is shared it reads as every client
+    does). It cannot forge them: the hub checks each report's Ed25519 signature."""
+    lines: list[str] = []
+    for name, stations in sorted(bridges.items()):
+        ids = ["+"] if stations is None else sorted(stations)
+        lines += [f"# bridge {name!r}: " + ("every station" if stations is None else
+                                          f"{len(ids)} station(s)"),
+                  f"user {bridge_cn(name)}"]
+        for sid in ids:
+            lines += [f"topic read {p}/station/{sid}/{leaf}"
+                      for leaf in ("bundle", "cmd", "audio", "ack")]
+            lines += [f"topic write {p}/station/{sid}/{leaf}"
+                      for leaf in ("state", "events", "health", "fetch")]
+        lines.append("")
+    return lines
 
 
 # what crosses a bridge from a commune (edge) broker to the hub's broker, and back:
@@ -46,7 +73,8 @@ BRIDGE_TOPICS = (
 
 
 def render_bridge(name: str, host: str, port: int, prefix: str = "loaxa", *,
-                  restart_s: tuple[int, int] = (2, 30)) -> str:
+                  restart_s: tuple[int, int] = (2, 30),
+                  tls: tuple[str, str, str] | None = None) -> str:
     """A mosquitto bridge section for an edge broker the stations of a district or commune
     connect to, toward the hub's broker (docs/scale.md, "Beyond one broker"). Each topic goes
     one way only, so nothing can loop; QoS 1 and a persistent session on both sides, so what
@@ -54,11 +82,17 @@ def render_bridge(name: str, host: str, port: int, prefix: str = "loaxa", *,
     mosquitto 2.0 has no session expiry for an MQTT 5 bridge, whose session at the hub's
     broker then ends with each cut (a command given meanwhile was lost: tests/faults/
     test_bridge.py found it); our messages carry no MQTT 5 properties, so nothing is lost in
-    the translation, and `try_private` keeps the retained flag."""
+    the translation, and `try_private` keeps the retained flag. ``tls``: (CA, certificate,
+    key) paths on the edge machine: the bridge then connects over TLS with its own client
+    certificate (CN ``loaxa-bridge-NAME``), checking the hub's broker against the CA."""
     p = Topics(prefix).prefix
     lines = [f"connection {name}", f"address {host}:{port}",
-             "bridge_protocol_version mqttv311", f"remote_clientid loaxa-bridge-{name}",
+             "bridge_protocol_version mqttv311", f"remote_clientid {bridge_cn(name)}",
              "cleansession false", "local_cleansession false", "try_private true",
              "notifications false", f"restart_timeout {restart_s[0]} {restart_s[1]}"]
+    if tls:
+        ca, cert, key = tls
+        lines += [f"bridge_cafile {ca}", f"bridge_certfile {cert}", f"bridge_keyfile {key}",
+                  "bridge_insecure false"]
     lines += [f"topic {p}/{pattern} {direction} 1" for pattern, direction in BRIDGE_TOPICS]
     return "\n".join(lines) + "\n"

@@ -173,6 +173,52 @@ def pki_init(home: Path, *, hosts: tuple[str, ...], hub_cn: str | None = None) -
             "hub_cert": hub.cert, "hub_key": hub.key, "crl": folder / "crl.pem"}
 
 
+def bridge_certificate(cfg: hubconfig.HubConfig, name: str, group: str | None) -> dict[str, Path]:
+    """An edge broker's bridge toward this hub's broker over TLS (docs/scale.md, "Beyond
+    one broker"): its client certificate (CN ``loaxa-bridge-NAME``) and the CA under
+    HOME/pki/bridges/NAME (key 0600), issued once; and the stations it may speak for
+    recorded (``group``, or every station with None) for `loaxa hub acl`."""
+    from deploy.mosquitto_conf import bridge_cn
+    from deploy.pki import Issued, issue
+    from protocol.topics import ID_RE
+    if not ID_RE.match(name) or (group is not None and not ID_RE.match(group)):
+        raise HubError(f"tên {name!r} / nhóm {group!r} không hợp lệ / bad name or group: "
+                       "letters, digits, - and _")
+    if not pki_exists(cfg.home):
+        raise HubError("chưa có CA (`loaxa hub pki init`) / no CA yet: run `loaxa hub pki init`")
+    folder = cfg.home / PKI_DIR / "bridges" / name
+    store = HubStore(cfg.db_path)
+    try:
+        if group is not None and not store.group_exists(group):
+            raise HubError(f"không có nhóm {group!r} / no group {group!r}")
+        known = store.setting(f"bridge.{name}")
+        if known is not None and json.loads(known).get("group") != group:
+            raise HubError(f"cầu nối {name!r} đã phục vụ nhóm khác / bridge {name!r} already "
+                           f"serves {json.loads(known).get('group') or 'every station'}")
+        store.set_setting(f"bridge.{name}", json.dumps({"group": group}))
+    finally:
+        store.close()
+    out = Issued(folder / "bridge.crt", folder / "bridge.key")
+    if not out.cert.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o700)
+        out = issue(_pki_ca(cfg.home), folder, bridge_cn(name), name="bridge")
+        _record_certificate(cfg, out.cert, bridge_cn(name), "bridge")
+    (folder / "ca.crt").write_bytes(_pki_ca(cfg.home).cert.read_bytes())
+    return {"ca": folder / "ca.crt", "cert": out.cert, "key": out.key}
+
+
+def bridges(store: HubStore) -> dict[str, list[str] | None]:
+    """Each recorded bridge's stations (None: every station), for the broker's ACL."""
+    out: dict[str, list[str] | None] = {}
+    for r in store.q("SELECT key, value FROM settings WHERE key LIKE 'bridge.%'"):
+        group = json.loads(r["value"]).get("group")
+        out[r["key"][len("bridge."):]] = None if group is None else [
+            x["station_id"] for x in store.q(
+                "SELECT station_id FROM station_groups WHERE group_id = ?", [group])]
+    return out
+
+
 def _record_certificate(cfg: hubconfig.HubConfig, cert: Path, cn: str, kind: str) -> None:
     from deploy.pki import not_after, serial_of
     store = HubStore(cfg.db_path)

@@ -123,6 +123,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name", help="the edge broker's name (letters, digits, - and _)")
     p.add_argument("--host", help="the hub's broker as the edge reaches it (default: hub.toml)")
     p.add_argument("--port", type=int, help="its port (default: hub.toml)")
+    p.add_argument("--group", help="the group whose stations connect to the edge broker "
+                   "(default: every station)")
+    p.add_argument("--cert-dir", default="/etc/loaxa",
+                   help="where the bridge's certificate files go on the edge machine "
+                   "(default /etc/loaxa)")
     p.set_defaults(fn=cmd_bridge)
 
     p = _leaf(hs, "alarm", help="alarms: list, acknowledge")
@@ -601,17 +606,40 @@ def cmd_emergency(args) -> int:
 def cmd_bridge(args) -> int:
     from deploy.mosquitto_conf import render_bridge
     from protocol.topics import ID_RE
+    from .admin import bridge_certificate, pki_exists
     if not ID_RE.match(args.name):
         raise HubError(f"tên {args.name!r} không hợp lệ / bad name: letters, digits, - and _")
     cfg = hubconfig.load(args.home)
-    print(render_bridge(args.name, args.host or cfg.broker.host, args.port or cfg.broker.port,
-                        cfg.prefix), end="")
+    host, port = args.host or cfg.broker.host, args.port or cfg.broker.port
+    if not pki_exists(cfg.home):  # a broker without TLS (a closed network, the demo)
+        print("# không mã hóa (chưa có `loaxa hub pki init`) / plain TCP: no CA yet\n"
+              + render_bridge(args.name, host, port, cfg.prefix), end="")
+        return 0
+    files = bridge_certificate(cfg, args.name, args.group)
+    d = args.cert_dir.rstrip("/")
+    on_edge = {k: f"{d}/bridge-{args.name}.{'key' if k == 'key' else 'crt'}"
+               for k in ("cert", "key")}
+    on_edge["ca"] = f"{d}/ca.crt"
+    print("\n".join(
+        ["# chép lên máy của broker biên / copy to the edge broker's machine "
+         "(the key readable by mosquitto only):"]
+        + [f"#   {files[k]} -> {on_edge[k]}" for k in ("ca", "cert", "key")]
+        + ["# rồi trên hub / then on the hub: loaxa hub acl > /etc/mosquitto/loaxa.acl && "
+           "systemctl reload mosquitto", ""])
+        + render_bridge(args.name, host, port, cfg.prefix,
+                        tls=(on_edge["ca"], on_edge["cert"], on_edge["key"])), end="")
     return 0
 
 
 def cmd_acl(args) -> int:
     from deploy.mosquitto_conf import render_acl
-    print(render_acl(hubconfig.load(args.home).prefix), end="")
+    from .admin import bridges
+    cfg = hubconfig.load(args.home)
+    store = HubStore(cfg.db_path)
+    try:
+        print(render_acl(cfg.prefix, bridges=bridges(store)), end="")
+    finally:
+        store.close()
     return 0
 
 

@@ -24,8 +24,10 @@ class ProductionBroker:
     production = True  # tests/fleet.py: a Fleet on it runs over TLS with hub-made certificates
     protocol = "5"
 
-    def __init__(self, root: Path, *, port: int | None = None) -> None:
+    def __init__(self, root: Path, *, port: int | None = None, extra: str = "") -> None:
+        """``extra``: more configuration (a bridge section), in its own conf.d file."""
         self.root = root  # client certificates, mosquitto's console output
+        self.extra = extra
         root.mkdir(parents=True, exist_ok=True)
         # mosquitto reads its ACL and writes its files after dropping to its own user: a
         # folder that user can reach (pytest's tmp folders are closed to other users)
@@ -79,7 +81,10 @@ class ProductionBroker:
         ours = ours.replace("/etc/mosquitto/loaxa.acl", str(self.etc / "loaxa.acl"))
         ours = ours.replace("/etc/loaxa/crl.pem", str(self.crl))
         (self.etc / "conf.d" / "loaxa.conf").write_text(ours)
-        shutil.copy(ROOT / "deploy" / "mosquitto" / "loaxa.acl", self.etc / "loaxa.acl")
+        if self.extra:
+            (self.etc / "conf.d" / "zz-extra.conf").write_text(self.extra)
+        if not (self.etc / "loaxa.acl").exists():  # install_acl may have put one
+            shutil.copy(ROOT / "deploy" / "mosquitto" / "loaxa.acl", self.etc / "loaxa.acl")
         if os.geteuid() == 0:  # mosquitto drops to its own user, as it does from systemd
             pw = pwd.getpwnam("mosquitto")
             for path in (self.var, self.server.key):  # docs/deploy.md: the key is mosquitto's
@@ -101,6 +106,30 @@ class ProductionBroker:
         shutil.copy(crl, self.crl)
         self.crl.chmod(0o644)
         self.proc.send_signal(signal.SIGHUP)
+
+    @property
+    def dir(self) -> Path:
+        """Where its log is (mosquitto.log), as for deploy.broker.Mosquitto."""
+        return self.var
+
+    def install_acl(self, text: str) -> None:
+        """As docs/deploy.md says after `loaxa hub acl` changes (a bridge added): the new
+        ACL in place, then the broker reloads it (SIGHUP) if it runs."""
+        import signal
+        (self.etc / "loaxa.acl").write_text(text)
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGHUP)
+
+    def own(self, path: Path) -> Path:
+        """A file mosquitto must read after dropping to its own user (a key): copied into
+        its folder, owned by that user."""
+        dst = self.base / "etc" / "loaxa" / path.name
+        shutil.copy(path, dst)
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam("mosquitto")
+            os.chown(dst, pw.pw_uid, pw.pw_gid)
+        dst.chmod(0o600 if path.suffix == ".key" else 0o644)
+        return dst
 
     def stop(self, *, kill: bool = False) -> None:
         """Stopped (SIGKILL with ``kill``); its files stay for ``again`` until ``close``."""

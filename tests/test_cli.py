@@ -199,3 +199,41 @@ def test_hub_user_commands(home, capsys):
         assert "admin" in capsys.readouterr().out
     finally:
         store.close()
+
+
+def test_hub_bridge_issues_the_edge_brokers_certificate_and_the_acl_follows(home, capsys):
+    """`loaxa hub bridge`: without a CA, a plain section saying so; with one, a certificate
+    for the bridge (once), a TLS section pointing at where its files go on the edge, and an
+    ACL entry for its group's stations. A wrong group or name is refused, nothing changed."""
+    assert run("hub", "--home", home, "station", "add", "xa-1", "--name", "Đài xã Một",
+               "--group", "huyen-a") == 0
+    assert run("hub", "--home", home, "station", "add", "xa-2", "--name", "Đài xã Hai",
+               "--group", "huyen-b") == 0
+    capsys.readouterr()
+    assert run("hub", "--home", home, "bridge", "xa", "--group", "huyen-a") == 0
+    out = capsys.readouterr().out
+    assert "plain TCP" in out and "bridge_certfile" not in out and "connection xa" in out
+    assert run("hub", "--home", home, "pki", "init", "--host", "127.0.0.1") == 0
+    capsys.readouterr()
+    assert run("hub", "--home", home, "bridge", "xa", "--group", "huyen-a", "--host",
+               "hub.example.vn", "--port", "8883") == 0
+    out = capsys.readouterr().out
+    assert "address hub.example.vn:8883" in out and "remote_clientid loaxa-bridge-xa" in out
+    assert "bridge_certfile /etc/loaxa/bridge-xa.crt" in out
+    assert "bridge_keyfile /etc/loaxa/bridge-xa.key" in out and "bridge_insecure false" in out
+    folder = home / "pki" / "bridges" / "xa"
+    cert = (folder / "bridge.crt").read_bytes()
+    assert (folder / "bridge.key").stat().st_mode & 0o077 == 0
+    assert run("hub", "--home", home, "bridge", "xa", "--group", "huyen-a") == 0  # again
+    assert (folder / "bridge.crt").read_bytes() == cert  # issued once
+    capsys.readouterr()
+    assert run("hub", "--home", home, "bridge", "xa", "--group", "huyen-b") == 2
+    assert run("hub", "--home", home, "bridge", "xb", "--group", "no-such-group") == 2
+    assert run("hub", "--home", home, "bridge", "bad/name") == 2
+    assert not (home / "pki" / "bridges" / "xb").exists()
+    capsys.readouterr()
+    assert run("hub", "--home", home, "acl") == 0
+    acl = capsys.readouterr().out
+    assert "user loaxa-bridge-xa\ntopic read loaxa/station/xa-1/bundle" in acl
+    assert "topic write loaxa/station/xa-1/events" in acl
+    assert "xa-2" not in acl  # another group's station: not this bridge's

@@ -291,3 +291,43 @@ def test_a_station_reads_what_the_hub_sends_to_all_and_to_groups(prod):
     row("station A reads all/group commands and audio, the hub's state and key rotation, "
         "its own topics",
         "delivered", "a silent station in an emergency (reads refused)")
+
+
+def test_an_edge_brokers_bridge_speaks_for_its_own_stations_only(prod):
+    """A commune's edge broker bridged to the hub's (`loaxa hub bridge xa --group G`): its
+    certificate's CN is loaxa-bridge-xa, and `loaxa hub acl` lets it carry its group's
+    stations' topics (here xa-a's) and nothing else."""
+    from deploy.mosquitto_conf import bridge_cn, render_acl
+    prod.install_acl(render_acl("loaxa", bridges={"xa": ["xa-a"]}))
+    hub = _connect(prod, HUB_CN)
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # the broker reloads its ACL after SIGHUP, not before
+            bridge = _connect(prod, bridge_cn("xa"))
+            if bridge.publish("loaxa/station/xa-a/state", b"a-birth") in ACCEPTED:
+                break
+            bridge.close()
+            assert time.monotonic() < deadline, "the bridge's ACL was not loaded"
+            time.sleep(0.2)
+        for leaf in ("events", "health", "fetch"):
+            assert bridge.publish(f"loaxa/station/xa-a/{leaf}", b"x") in ACCEPTED, leaf
+        assert bridge.subscribe("loaxa/station/+/cmd") == [1]
+        assert hub.publish("loaxa/station/xa-b/cmd", b"for b") in ACCEPTED
+        assert hub.publish("loaxa/station/xa-a/cmd", b"for a") in ACCEPTED
+        wait = time.monotonic() + 5
+        while not bridge.got and time.monotonic() < wait:
+            time.sleep(0.02)
+        time.sleep(0.3)  # anything for B would have come with A's own
+        assert {(t, p) for t, p, _ in bridge.got} == {("loaxa/station/xa-a/cmd", b"for a")}
+        bridge.close()
+        for topic in ("loaxa/station/xa-b/state", "loaxa/station/xa-b/events",
+                      "loaxa/station/xa-a/bundle", "loaxa/all/cmd", "loaxa/hub/state"):
+            bridge = _connect(prod, bridge_cn("xa"))  # mosquitto 2.0 closes after a refusal
+            assert bridge.publish(topic, b"forged") == NOT_AUTHORISED, topic
+            bridge.close()
+        row("an edge broker's bridge carries its group's stations, publishes as another "
+            "station or as the hub",
+            f"own group accepted; PUBACK 0x{NOT_AUTHORISED:02X} otherwise, others' topics "
+            "not delivered", "one commune's broker speaking or listening for another")
+    finally:
+        hub.close()
