@@ -26,6 +26,11 @@ start_accuracy — P4 (issue 11): 50 scheduled starts through the runner and the
 first audio sample in the sink minus the instant, beside the player's own spawn-to-first-sample
 (bench/start_accuracy.py); targets: median ≤ 10 ms, p99 ≤ 50 ms.
 
+offline_return — P5 (issue 11): 2,000 simulated stations offline while ~1 MB of new audio and
+a new programme for all are prepared, then back: until every station holds the file with its
+programme active (one thread and own CPUs), and the audio bytes received beside what was
+lacked (bench/offline_return.py); targets: ≤ 60 s, ≤ 1.05 ×.
+
 audio_prepare — a 60-second Vietnamese announcement (speech synthesised once, beforehand,
 not timed; also quiet at 44.1 kHz stereo, and as MP3) prepared by audio.prepare, against the
 raw ffmpeg decode + Opus encode of the same input. Median of 5 runs each. Targets (issues 4
@@ -122,6 +127,7 @@ def main() -> int:
     from bench.hub_planning import run as bench_hub_planning
     from bench.start_accuracy import run as bench_start_accuracy
     from bench.occurrences import run as bench_occurrences
+    from bench.offline_return import run as bench_offline_return
     from bench.p1_alert import run as bench_p1_alert
     from bench.reconnect_storm import run as bench_reconnect_storm
     from bench.web_console import run as bench_web_console
@@ -129,7 +135,7 @@ def main() -> int:
                "audio_prepare": bench_audio_prepare, "p1_alert": bench_p1_alert,
                "web_console": bench_web_console, "reconnect_storm": bench_reconnect_storm,
                "hub_planning": bench_hub_planning, "agent_idle": bench_agent_idle,
-               "start_accuracy": bench_start_accuracy}
+               "start_accuracy": bench_start_accuracy, "offline_return": bench_offline_return}
     chosen = sys.argv[1:] or list(benches)  # `python -m bench p1_alert`: one of them
     unknown = [c for c in chosen if c not in benches]
     if unknown:

@@ -222,6 +222,7 @@ class SimFleet:
         self.starts: list[Start] = []
         self._on_start = on_start
         self.work = StationClocks()
+        self.audio_in: dict[str, int] = {}  # station -> bytes of audio messages received
         self.loop.meter = self.work
         self.agents: list[Agent] = []
         self._by_id: dict[str, Agent] = {}
@@ -231,6 +232,7 @@ class SimFleet:
                                      status_file=False))
             self._by_id[cfg.station_id] = self.agents[-1]
             self._meter_messages(self.agents[-1])
+            self._count_audio(self.agents[-1])
             if on_stored:
                 self._record_stored(self.agents[-1], on_stored)
         shared: dict[str, SharedKey] = {}
@@ -255,6 +257,16 @@ class SimFleet:
                 work.arrived(ready)
             handle(msg)
         a.handle = taken
+
+    def _count_audio(self, a: Agent) -> None:
+        """Bytes of audio messages each station received (benchmarks: what was sent beside
+        what was lacked)."""
+        on_chunk, counts = a._on_chunk, self.audio_in
+
+        def counted(raw: bytes) -> None:
+            counts[a.id] = counts.get(a.id, 0) + len(raw)
+            on_chunk(raw)
+        a._on_chunk = counted
 
     def _record_stored(self, a: Agent, on_stored: Callable[[Start], None]) -> None:
         """``on_stored`` for each audio file the station comes to hold (benchmarks)."""
@@ -404,6 +416,7 @@ def cmd_fleet(args) -> int:
     stop = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.append(1))
+    print(f"sim fleet: connecting {len(configs)} stations", flush=True)
     fleet.start()
     print(f"sim fleet: {len(configs)} stations under {root} (ready in "
           f"{time.monotonic() - t0:.1f} s)", flush=True)
@@ -442,5 +455,7 @@ def cmd_fleet(args) -> int:
     finally:
         fleet.close()
         if out:
+            for sid, n in sorted(fleet.audio_in.items()):
+                out.write(json.dumps({"event": "audio_in", "station": sid, "bytes": n}) + "\n")
             out.close()
     return 0
