@@ -116,7 +116,9 @@ def run(n: int = int(os.environ.get("LOAXA_P5_STATIONS", "2000"))) -> dict:
         fleet.send_signal(signal.SIGTERM)
         fleet.wait(120)
         procs.remove(fleet)
-        received = sum(d["bytes"] for d in _events(events, "audio_in"))
+        # the stations' own counters, over their stores' lives: less what they had before
+        received = sum(d["bytes"] for d in _events(events, "audio_in")) - \
+            sum(d["bytes"] for d in _events(first, "audio_in"))
         lacked = n * content["size"]
         stations = {d["station"] for d in held}
         ready = sorted(d["at"] - t_back for d in held)

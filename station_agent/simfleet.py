@@ -222,7 +222,6 @@ class SimFleet:
         self.starts: list[Start] = []
         self._on_start = on_start
         self.work = StationClocks()
-        self.audio_in: dict[str, int] = {}  # station -> bytes of audio messages received
         self.loop.meter = self.work
         self.agents: list[Agent] = []
         self._by_id: dict[str, Agent] = {}
@@ -232,7 +231,6 @@ class SimFleet:
                                      status_file=False))
             self._by_id[cfg.station_id] = self.agents[-1]
             self._meter_messages(self.agents[-1])
-            self._count_audio(self.agents[-1])
             if on_stored:
                 self._record_stored(self.agents[-1], on_stored)
         shared: dict[str, SharedKey] = {}
@@ -257,16 +255,6 @@ class SimFleet:
                 work.arrived(ready)
             handle(msg)
         a.handle = taken
-
-    def _count_audio(self, a: Agent) -> None:
-        """Bytes of audio messages each station received (benchmarks: what was sent beside
-        what was lacked)."""
-        on_chunk, counts = a._on_chunk, self.audio_in
-
-        def counted(raw: bytes) -> None:
-            counts[a.id] = counts.get(a.id, 0) + len(raw)
-            on_chunk(raw)
-        a._on_chunk = counted
 
     def _record_stored(self, a: Agent, on_stored: Callable[[Start], None]) -> None:
         """``on_stored`` for each audio file the station comes to hold (benchmarks)."""
@@ -377,6 +365,11 @@ class SimFleet:
         while not until():
             self.step()
 
+    def audio_received(self) -> dict[str, int]:
+        """Bytes of audio messages each station has received, over its store's life (its
+        own counter)."""
+        return {a.id: a.store.counters().get("audio.bytes_received", 0) for a in self.agents}
+
     def close(self) -> None:
         for a in self.agents:
             try:
@@ -453,9 +446,10 @@ def cmd_fleet(args) -> int:
         else:
             fleet.run(until)
     finally:
+        if out:  # what a benchmark compares with what the stations lacked
+            for sid, n in sorted(fleet.audio_received().items()):
+                out.write(json.dumps({"event": "audio_in", "station": sid, "bytes": n}) + "\n")
         fleet.close()
         if out:
-            for sid, n in sorted(fleet.audio_in.items()):
-                out.write(json.dumps({"event": "audio_in", "station": sid, "bytes": n}) + "\n")
             out.close()
     return 0
