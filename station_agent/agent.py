@@ -36,21 +36,18 @@ from .commands import Commands, HubTime, stream_of
 from .config import StationConfig
 from .runner import BUSY_TURN_S, Runner
 from .store import StationStore
+from .transfer import PROGRAMME_PUSH_GRACE_S, PUSH_GRACE_S, Transfers
 from .update import Updater
 
 log = logging.getLogger("loaxa.agent")
 STATE_TTL = timedelta(days=30)
 REPORT_TTL = timedelta(days=30)
-FETCH_WINDOW = 256 * 1024   # bytes asked for at a time: a re-request repeats at most this
 TRUST_SAVE_EVERY_S = 60.0
 TIME_ASK_EVERY_S = 10.0     # while the clock is not trusted
 TIME_CHECK_EVERY_S = 60.0   # while it is
 LINK_GRACE_S = 30.0         # a link not up this long after start is an alarm (not at once)
 REPORT_RETRY_MAX_S = 160.0  # the longest wait before an unacknowledged report goes again
 REFUSAL_REPORT_EVERY_S = 10.0  # a flood of one refusal is counted in full, reported sparingly
-REQUEST_EVERY_S = 0.5      # how often missing audio is looked over while a transfer runs
-PUSH_GRACE_S = 3.0          # a pushed file that makes no progress this long is fetched
-PROGRAMME_PUSH_GRACE_S = 10.0  # ... for a programme's audio, which is not needed this minute
 SWITCH_CLEAR_S = 120         # an update switches only with no scheduled start this close
 NEXT_EVERY_S = 10.0         # how often the status file's "what plays next" is worked out
 # alarms the agent raises itself (health.* come from probes): 2 = fault, 1 = degraded
@@ -143,11 +140,9 @@ class Agent:
         # stations at once), back to report_retry_s at any ack and on a new connection
         self._retry_s = float(cfg.report_retry_s)
         self._outbox_seen = -1  # store.appended when the outbox was last read
-        self._fetching: dict[str, float] = {}    # sha -> monotonic time of last progress
+        self.transfers = Transfers(self.cfg.fetch_retry_s)  # audio on its way
         self._wake = threading.Event()
-        self._requested_at = -1e9  # when missing audio was last looked over
         self._command_taken = False  # a command was accepted: the runner ticks at once
-        self._window_end: dict[str, int] = {}    # sha -> end of the window asked for
         self._status_path = Path(cfg.data_dir) / "status.json"
         self._last_status: dict[str, Any] | None = None
         self._last_status_mono = -1e9
@@ -333,7 +328,7 @@ class Agent:
         # each phase on its own: a bug in one (logged, counted) never stops the others,
         # above all never the runner
         if light:  # reports: flush_due(), after the fleet has stepped every busy station
-            phases = [tick, self._request_audio] if self._fetching else [tick]
+            phases = [tick, self._request_audio] if self.transfers.active else [tick]
         else:
             phases = [self._sim_faults, self._buttons, self._console_actions, self._try_activate,
                       tick,
@@ -427,17 +422,12 @@ class Agent:
     @property
     def receiving(self) -> bool:
         """Audio on its way (pushed or fetched)."""
-        return bool(self._fetching)
+        return self.transfers.active
 
     def request_due_at(self) -> float:
         """The monotonic instant ``_request_audio`` next has something to ask (a push that
         stopped, a fetch to retry); infinity when no audio is on its way."""
-        if not self._fetching:
-            return float("inf")
-        oldest = min(self._fetching.values())
-        if oldest <= -1e8:  # a gap: asked for at once
-            return float("-inf")
-        return max(oldest + self.cfg.fetch_retry_s, self._requested_at + REQUEST_EVERY_S)
+        return self.transfers.due_at()
 
     def health_status(self) -> str:
         """ok / degraded / fault: the worst of the probes and the alarms the agent raises
@@ -684,8 +674,7 @@ class Agent:
         self._sent.clear()  # resend anything unacknowledged on the new connection
         self._retry_s = float(self.cfg.report_retry_s)
         self._outbox_seen = -1
-        for sha in list(self._fetching):
-            self._fetching[sha] = -1e9
+        self.transfers.reconnected()
 
     def flush_due(self, every_s: float = 0.5) -> bool:
         """Send reports now if the last light flush is ``every_s`` old (the simulated fleet
@@ -741,21 +730,15 @@ class Agent:
     def expect_push(self, sha: str, size: int, grace_s: float = PUSH_GRACE_S) -> None:
         """Audio the hub pushes with a command or a programme (once, to all of its targets): take its
         chunks as they come and ask for it ourselves only if they stop coming."""
-        if sha in self._fetching or self.store.has_audio(sha):
-            return
-        self._fetching[sha] = self.clock.monotonic() - self.cfg.fetch_retry_s + grace_s
-        self._window_end[sha] = size  # no window requests while the push progresses
+        if not self.store.has_audio(sha):
+            self.transfers.expect_push(sha, size, self.clock.monotonic(), grace_s)
 
     def _request_audio(self) -> None:
         if not self.link.connected.is_set():
             return
         mono = self.clock.monotonic()
-        # its decisions are on the scale of seconds (push grace, fetch retry): not every
-        # step of a transfer, unless a gap asked for it (_fetching set back to -1e9)
-        if mono - self._requested_at < REQUEST_EVERY_S and \
-                not any(v <= -1e8 for v in self._fetching.values()):
+        if not self.transfers.look(mono):
             return
-        self._requested_at = mono
         content = self._wanted_content()
         if not content:
             return
@@ -763,10 +746,7 @@ class Agent:
         need = sum(int(content[s].get("size") or 0) - self.store.part_size(s) for s in missing)
         if missing and not self._room_for(need):
             return
-        for sha in missing:
-            last = self._fetching.get(sha)
-            if last is not None and mono - last < self.cfg.fetch_retry_s:
-                continue
+        for sha in self.transfers.to_ask(missing, mono):
             self._ask_window(sha, mono)
 
     def _room_for(self, need: int) -> bool:
@@ -783,11 +763,10 @@ class Agent:
 
     def _ask_window(self, sha: str, mono: float) -> None:
         offset = self.store.part_size(sha)
-        raw = self._seal("fetch", {"sha": sha, "offset": offset, "length": FETCH_WINDOW},
-                         timedelta(minutes=10))
+        raw = self._seal("fetch", {"sha": sha, "offset": offset,
+                                   "length": self.transfers.window}, timedelta(minutes=10))
         if self.link.publish(self.topics.fetch(self.id), raw):
-            self._fetching[sha] = mono
-            self._window_end[sha] = offset + FETCH_WINDOW
+            self.transfers.asked(sha, offset, mono)
 
     # -- incoming --------------------------------------------------------------------------
     def handle(self, msg: Inbound) -> None:
@@ -862,7 +841,7 @@ class Agent:
         hub_now = self.hub_time.estimate(self.clock.monotonic())
         self._command_taken = self.commands.handle(env, stream, trusted=self.trust.trusted,
                                                    hub_now=hub_now) is not None
-        self._requested_at = -1e9  # a play of audio not held: asked for at once
+        self.transfers.look_now()  # a play of audio not held: asked for at once
         self._saw_hub(env.iat)
 
     def _saw_hub(self, hub_time) -> None:
@@ -922,7 +901,7 @@ class Agent:
         for sha, meta in content.items():
             if not retained and isinstance(meta, dict) and meta.get("push"):
                 self.expect_push(sha, int(meta.get("size") or 0), PROGRAMME_PUSH_GRACE_S)
-        self._requested_at = -1e9  # what else it lacks is asked for at once
+        self.transfers.look_now()  # what else it lacks is asked for at once
         self._try_activate()
 
     def _try_activate(self) -> None:
@@ -942,18 +921,16 @@ class Agent:
         if c.total != size:
             raise Refused(Reason.BAD_AUDIO, f"chunk of {c.sha[:12]} claims {c.total} bytes; "
                           f"the signed programme says {size}")
-        if c.sha not in self._fetching or self.store.has_audio(c.sha):
+        if not self.transfers.expects(c.sha) or self.store.has_audio(c.sha):
             self.store.bump("ignored.chunk", lazy=True)
             return
         have = self.store.part_size(c.sha)
-        if have == 0 and c.offset == 0 and not self._room_for(c.total):
+        if self.transfers.chunk(c.sha, c.offset, have) != "take":  # a gap is asked for again
+            self.store.bump("ignored.chunk", lazy=True)
+            return
+        if have == 0 and not self._room_for(c.total):
             # a pushed file is not asked for, so the reserve is checked as it starts
             self.store.bump("ignored.chunk_disk_full", lazy=True)
-            return
-        if c.offset != have:
-            self.store.bump("ignored.chunk", lazy=True)
-            if c.offset > have:  # a gap: ask again from where we are
-                self._fetching[c.sha] = -1e9
             return
         whole = c.offset == 0 and len(c.data) == c.total
         if not whole:  # a whole file in one chunk is checked once, against its own name
@@ -964,14 +941,13 @@ class Agent:
             if exc.errno != errno.ENOSPC:
                 raise
             self.store.discard_part(c.sha)
-            self._fetching.pop(c.sha, None)
+            self.transfers.done(c.sha)
             self.alarm("disk_full", True, f"no space left while storing {c.sha[:12]}")
             return
         mono = self.clock.monotonic()
-        self._fetching[c.sha] = mono
+        if self.transfers.appended(c.sha, size, c.total, mono):
+            self._ask_window(c.sha, mono)
         if size < c.total:
-            if size >= self._window_end.get(c.sha, 0):
-                self._ask_window(c.sha, mono)
             return
         digest = self.store.part_digest(c.sha)
         if digest != c.sha:
@@ -982,8 +958,7 @@ class Agent:
             log.info("bundle %d active", activated)
         if "audio_corrupt" in self._held_alarms():
             self.alarm("audio_corrupt", False, f"audio {c.sha[:12]} fetched again")
-        self._fetching.pop(c.sha, None)
-        self._window_end.pop(c.sha, None)
+        self.transfers.done(c.sha)
 
     # -- local status (read by the demo and the local console) ----------------------------
     def _write_status(self) -> None:
