@@ -35,6 +35,7 @@ from .clocktrust import ClockTrust
 from .commands import Commands, HubTime, stream_of
 from .config import StationConfig
 from .runner import BUSY_TURN_S, Runner
+from .reports import Reports
 from .store import StationStore
 from .transfer import PROGRAMME_PUSH_GRACE_S, PUSH_GRACE_S, Transfers
 from .update import Updater
@@ -46,7 +47,6 @@ TRUST_SAVE_EVERY_S = 60.0
 TIME_ASK_EVERY_S = 10.0     # while the clock is not trusted
 TIME_CHECK_EVERY_S = 60.0   # while it is
 LINK_GRACE_S = 30.0         # a link not up this long after start is an alarm (not at once)
-REPORT_RETRY_MAX_S = 160.0  # the longest wait before an unacknowledged report goes again
 REFUSAL_REPORT_EVERY_S = 10.0  # a flood of one refusal is counted in full, reported sparingly
 SWITCH_CLEAR_S = 120         # an update switches only with no scheduled start this close
 NEXT_EVERY_S = 10.0         # how often the status file's "what plays next" is worked out
@@ -134,12 +134,7 @@ class Agent:
             will=self._will, bdseq_epoch=self.store.next_bdseq_epoch(),
             on_connected=lambda bdseq: self.link.inbox.put(_CONNECTED), loop=loop,
         )
-        self._sent: dict[int, float] = {}        # outbox seq -> monotonic time last sent
-        # how long an unacknowledged report waits before it is sent again: doubled at each
-        # resend (an overloaded hub is not sent the same reports every 10 s by thousands of
-        # stations at once), back to report_retry_s at any ack and on a new connection
-        self._retry_s = float(cfg.report_retry_s)
-        self._outbox_seen = -1  # store.appended when the outbox was last read
+        self.reports = Reports(cfg.report_retry_s)  # what of the outbox goes, and when
         self.transfers = Transfers(self.cfg.fetch_retry_s)  # audio on its way
         self._wake = threading.Event()
         self._command_taken = False  # a command was accepted: the runner ticks at once
@@ -671,9 +666,7 @@ class Agent:
     def _birth(self) -> None:
         self._publish_state()
         self._ask_time()
-        self._sent.clear()  # resend anything unacknowledged on the new connection
-        self._retry_s = float(self.cfg.report_retry_s)
-        self._outbox_seen = -1
+        self.reports.resend_all()  # anything unacknowledged, on the new connection
         self.transfers.reconnected()
 
     def flush_due(self, every_s: float = 0.5) -> bool:
@@ -692,25 +685,16 @@ class Agent:
         mono = self.clock.monotonic()
         # the outbox is read only when there is something new or a report is due again
         # (this process is its only writer)
-        if self.store.appended == self._outbox_seen and (
-                not self._sent or mono - min(self._sent.values()) < self._retry_s):
+        if not self.reports.should_read(self.store.appended, mono):
             return
-        self._outbox_seen = self.store.appended
-        batch = [e for e in self.store.pending_events(self.cfg.report_batch)
-                 if mono - self._sent.get(e["seq"], -1e9) >= self._retry_s]
+        batch = self.reports.choose(self.store.pending_events(self.cfg.report_batch), mono)
         if not batch:
             return
-        if any(e["seq"] in self._sent for e in batch):  # a resend: wait longer next time
-            self._retry_s = min(self._retry_s * 2, REPORT_RETRY_MAX_S)
-        # in flight: this batch and what earlier reports carry that is not acknowledged yet
-        seqs = {e["seq"] for e in batch}
-        in_flight = len(seqs) + sum(1 for s in self._sent if s not in seqs)
         body = {"events": batch, "sent_at": iso(self.clock.now()),
-                "state": self.summary(in_flight=in_flight)}
+                "state": self.summary(in_flight=self.reports.in_flight(batch))}
         raw = self._seal("report", body, REPORT_TTL, batch[-1]["seq"])
         if self.link.publish(self.topics.events(self.id), raw):
-            for e in batch:
-                self._sent[e["seq"]] = mono
+            self.reports.published(batch, mono)
 
     def _wanted_content(self) -> dict[str, Any]:
         """Audio the station should hold, by SHA-256, with the size the signed bundle states:
@@ -808,10 +792,7 @@ class Agent:
                 if not isinstance(seqs, list) or not all(isinstance(s, int) for s in seqs):
                     raise Refused(Reason.MALFORMED, "ack without a list of sequence numbers")
                 self.store.acknowledge(seqs)
-                for s in seqs:
-                    self._sent.pop(s, None)
-                self._retry_s = float(self.cfg.report_retry_s)  # the hub keeps up again
-                self._outbox_seen = -1  # what the acknowledged batch held back may go now
+                self.reports.acknowledged(seqs)  # the hub keeps up again
             elif msg.topic == t.hub_state():
                 if msg.payload:  # the hub's presence: its signed time is a floor for ours
                     env = verify(msg.payload, self.hub_keys, now=None)
@@ -819,9 +800,7 @@ class Agent:
                     if env.body.get("online") is True and not msg.retain:
                         # the hub (re)connected: what it has not acknowledged goes now,
                         # whatever the resend back-off had grown to
-                        self._retry_s = float(self.cfg.report_retry_s)
-                        self._sent.clear()
-                        self._outbox_seen = -1
+                        self.reports.resend_all()
             else:
                 self._on_command(msg)
         except Refused as r:

@@ -45,7 +45,7 @@ def test_reconnect_storm_with_a_broker_kill_loses_and_doubles_nothing(tmp_path, 
         while stored() < queued:
             assert time.monotonic() - t0 < 120, f"{stored()}/{queued} stored"
             fleet.step()
-            if killed_at is None and any(a._sent for a in fleet.agents):
+            if killed_at is None and any(a.reports.sent for a in fleet.agents):
                 killed_at = stored()  # reports in flight: the broker dies and comes back
                 mosquitto.stop(kill=True)
                 restarted.append(mosquitto.again(tmp_path / "broker-2").start())
