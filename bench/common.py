@@ -47,3 +47,41 @@ def add_communes(store, n: int, created_at: str) -> list[str]:
                          "VALUES (?, ?, ?, ?)", [sid, f"Trạm {i:05d}", None, created_at])
         store.db.execute("INSERT INTO station_groups VALUES (?, ?)", [sid, f"xa-{i // 100:03d}"])
     return sids
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench_env() -> dict:
+    """The environment of the processes a benchmark starts: this checkout, warnings only."""
+    import os
+    return dict(os.environ, PYTHONPATH=str(ROOT), LOAXA_LOG="WARNING")
+
+
+def serve_hub(home: Path, log: Path) -> subprocess.Popen:
+    """`loaxa hub serve` on ``home`` as its own process."""
+    import sys
+    return subprocess.Popen([sys.executable, "-m", "deploy.cli", "hub", "--home", str(home),
+                             "serve"], stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            env=bench_env(), cwd=ROOT)
+
+
+def sim_fleet(n: int, home: Path, root: Path, events: Path, log: Path) -> subprocess.Popen:
+    """`loaxa sim fleet` of ``n`` stations under ``root``, recording starts and stored files
+    in ``events``."""
+    import sys
+    return subprocess.Popen([sys.executable, "-m", "deploy.cli", "sim", "fleet", "--stations",
+                             str(n), "--hub-home", str(home), "--root", str(root), "--starts",
+                             str(events), "--play-s", "1"], stdout=open(log, "w"),
+                            stderr=subprocess.STDOUT, env=bench_env(), cwd=ROOT)
+
+
+def wait_online(store, n: int, limit_s: float) -> int:
+    """Until the hub counts ``n`` stations online (or ``limit_s``); how many it counts."""
+    import time
+    deadline = time.monotonic() + limit_s
+    online = 0
+    while online < n and time.monotonic() < deadline:
+        time.sleep(1)  # polling the hub's view of presence
+        online = store.q("SELECT count(*) AS n FROM station_state WHERE online = 1")[0]["n"]
+    return online

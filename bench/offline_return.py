@@ -23,15 +23,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 AUDIO_S = 330  # ~1 MB once prepared (Opus, speech)
-
-
-def _fleet(n: int, home: Path, root: Path, events: Path, log: Path, env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "deploy.cli", "sim", "fleet", "--stations",
-                             str(n), "--hub-home", str(home), "--root", str(root), "--starts",
-                             str(events), "--play-s", "1"], stdout=open(log, "w"),
-                            stderr=subprocess.STDOUT, env=env, cwd=ROOT)
 
 
 def _wait_line(log: Path, text: str, limit_s: float) -> float:
@@ -52,7 +44,7 @@ def _events(path: Path, kind: str) -> list[dict]:
 
 def run(n: int = int(os.environ.get("LOAXA_P5_STATIONS", "2000"))) -> dict:
     from bench.__main__ import _announcement
-    from bench.common import hub_on_broker, teardown
+    from bench.common import hub_on_broker, serve_hub, sim_fleet, teardown, wait_online
     from bench.p1_alert import _cpu_s, _quiet
     from hub.admin import add_content_file, announce
     from hub.store import HubStore
@@ -67,21 +59,14 @@ def run(n: int = int(os.environ.get("LOAXA_P5_STATIONS", "2000"))) -> dict:
     try:
         store = HubStore(cfg.db_path)
         enrol(home, n, root)
-        env = dict(os.environ, PYTHONPATH=str(ROOT), LOAXA_LOG="WARNING")
         logs = work / "logs"
         logs.mkdir()
-        hub = subprocess.Popen([sys.executable, "-m", "deploy.cli", "hub", "--home", str(home),
-                                "serve"], stdout=open(logs / "hub.log", "w"),
-                               stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        hub = serve_hub(home, logs / "hub.log")
         procs.append(hub)
         first = work / "first.jsonl"
-        fleet = _fleet(n, home, root, first, logs / "fleet1.log", env)
+        fleet = sim_fleet(n, home, root, first, logs / "fleet1.log")
         procs.append(fleet)
-        deadline = time.monotonic() + 240
-        online = 0
-        while online < n and time.monotonic() < deadline:
-            time.sleep(1)  # polling the hub's view of presence
-            online = store.q("SELECT count(*) AS n FROM station_state WHERE online = 1")[0]["n"]
+        online = wait_online(store, n, 240)
         _quiet([hub.pid, fleet.pid])
         # the outage
         fleet.send_signal(signal.SIGTERM)
@@ -103,7 +88,7 @@ def run(n: int = int(os.environ.get("LOAXA_P5_STATIONS", "2000"))) -> dict:
         # the return
         events = work / "back.jsonl"
         cpu0 = _cpu_s(hub.pid)
-        fleet = _fleet(n, home, root, events, logs / "fleet2.log", env)
+        fleet = sim_fleet(n, home, root, events, logs / "fleet2.log")
         procs.append(fleet)
         # back: the moment the stations start connecting (their stores and keys loaded)
         t_back = _wait_line(logs / "fleet2.log", "sim fleet: connecting", 240)

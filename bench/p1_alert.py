@@ -23,7 +23,6 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -219,6 +218,7 @@ def _alert(home: Path, store, cfg, content: dict, n: int, starts: Path, hub_pid:
 def run(n: int = int(os.environ.get("LOAXA_P1_STATIONS", "2000"))) -> dict:
     from audio import synthesize
     from bench.__main__ import _announcement
+    from bench.common import serve_hub, sim_fleet, wait_online
     from deploy.broker import Mosquitto
     from hub import config as hubconfig
     from hub.admin import add_content_file, init_hub
@@ -261,25 +261,14 @@ def run(n: int = int(os.environ.get("LOAXA_P1_STATIONS", "2000"))) -> dict:
             s.append_part(held["sha"], data)
             s.keep_audio(held["sha"], now)
             s.close()
-        env = dict(os.environ, PYTHONPATH=str(ROOT), LOAXA_LOG="WARNING")
         logs = work / "logs"
         logs.mkdir()
-        hub = subprocess.Popen([sys.executable, "-m", "deploy.cli", "hub", "--home", str(home),
-                                "serve"], stdout=open(logs / "hub.log", "w"),
-                               stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        hub = serve_hub(home, logs / "hub.log")
         procs.append(hub)
         starts = work / "starts.jsonl"
-        fleet = subprocess.Popen([sys.executable, "-m", "deploy.cli", "sim", "fleet",
-                                  "--stations", str(n), "--hub-home", str(home), "--root",
-                                  str(root), "--starts", str(starts), "--play-s", "1"],
-                                 stdout=open(logs / "fleet.log", "w"),
-                                 stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        fleet = sim_fleet(n, home, root, starts, logs / "fleet.log")
         procs.append(fleet)
-        deadline = time.monotonic() + 180
-        online = 0
-        while online < n and time.monotonic() < deadline:
-            time.sleep(1)  # polling the hub's view of presence
-            online = store.q("SELECT count(*) AS n FROM station_state WHERE online = 1")[0]["n"]
+        online = wait_online(store, n, 180)
         ready_s = time.monotonic() - t_start
         quiet = [_quiet([hub.pid, fleet.pid])]
         # a developer's profile of the fleet during the held alert only: run with
