@@ -85,3 +85,29 @@ def wait_online(store, n: int, limit_s: float) -> int:
         time.sleep(1)  # polling the hub's view of presence
         online = store.q("SELECT count(*) AS n FROM station_state WHERE online = 1")[0]["n"]
     return online
+
+
+def hub_and_fleet(work: Path, home: Path, root: Path, n: int, events: Path, store,
+                  procs: list[subprocess.Popen], *, limit_s: float,
+                  fleet_log: str = "fleet.log") -> tuple[subprocess.Popen, subprocess.Popen, int]:
+    """`hub serve` and a fleet of ``n`` (logs under ``work/logs``, both added to ``procs``),
+    waited for until the hub counts them online: (hub, fleet, how many are online)."""
+    logs = work / "logs"
+    logs.mkdir(exist_ok=True)
+    hub = serve_hub(home, logs / "hub.log")
+    procs.append(hub)
+    fleet = sim_fleet(n, home, root, events, logs / fleet_log)
+    procs.append(fleet)
+    return hub, fleet, wait_online(store, n, limit_s)
+
+
+def stop_gently(procs: list[subprocess.Popen], wait_s: float = 60) -> None:
+    """SIGTERM to each (they flush and close), then a kill for whichever does not end."""
+    import signal
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            p.kill()

@@ -44,7 +44,7 @@ def _events(path: Path, kind: str) -> list[dict]:
 
 def run(n: int = int(os.environ.get("LOAXA_P5_STATIONS", "2000"))) -> dict:
     from bench.__main__ import _announcement
-    from bench.common import hub_on_broker, serve_hub, sim_fleet, teardown, wait_online
+    from bench.common import hub_and_fleet, hub_on_broker, sim_fleet, stop_gently, teardown
     from bench.p1_alert import _cpu_s, _quiet
     from hub.admin import add_content_file, announce
     from hub.store import HubStore
@@ -59,14 +59,10 @@ def run(n: int = int(os.environ.get("LOAXA_P5_STATIONS", "2000"))) -> dict:
     try:
         store = HubStore(cfg.db_path)
         enrol(home, n, root)
-        logs = work / "logs"
-        logs.mkdir()
-        hub = serve_hub(home, logs / "hub.log")
-        procs.append(hub)
         first = work / "first.jsonl"
-        fleet = sim_fleet(n, home, root, first, logs / "fleet1.log")
-        procs.append(fleet)
-        online = wait_online(store, n, 240)
+        hub, fleet, online = hub_and_fleet(work, home, root, n, first, store, procs,
+                                           limit_s=240, fleet_log="fleet1.log")
+        logs = work / "logs"
         _quiet([hub.pid, fleet.pid])
         # the outage
         fleet.send_signal(signal.SIGTERM)
@@ -131,13 +127,7 @@ def run(n: int = int(os.environ.get("LOAXA_P5_STATIONS", "2000"))) -> dict:
         store.close()
         return out
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(60)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_gently(procs)
         teardown([], broker, work)
         shutil.rmtree(root, ignore_errors=True)
 

@@ -218,7 +218,7 @@ def _alert(home: Path, store, cfg, content: dict, n: int, starts: Path, hub_pid:
 def run(n: int = int(os.environ.get("LOAXA_P1_STATIONS", "2000"))) -> dict:
     from audio import synthesize
     from bench.__main__ import _announcement
-    from bench.common import serve_hub, sim_fleet, wait_online
+    from bench.common import hub_and_fleet, stop_gently
     from deploy.broker import Mosquitto
     from hub import config as hubconfig
     from hub.admin import add_content_file, init_hub
@@ -261,14 +261,9 @@ def run(n: int = int(os.environ.get("LOAXA_P1_STATIONS", "2000"))) -> dict:
             s.append_part(held["sha"], data)
             s.keep_audio(held["sha"], now)
             s.close()
-        logs = work / "logs"
-        logs.mkdir()
-        hub = serve_hub(home, logs / "hub.log")
-        procs.append(hub)
         starts = work / "starts.jsonl"
-        fleet = sim_fleet(n, home, root, starts, logs / "fleet.log")
-        procs.append(fleet)
-        online = wait_online(store, n, 180)
+        hub, fleet, online = hub_and_fleet(work, home, root, n, starts, store, procs,
+                                           limit_s=180)
         ready_s = time.monotonic() - t_start
         quiet = [_quiet([hub.pid, fleet.pid])]
         # a developer's profile of the fleet during the held alert only: run with
@@ -345,13 +340,7 @@ def run(n: int = int(os.environ.get("LOAXA_P1_STATIONS", "2000"))) -> dict:
             shutil.copytree(work / "logs", Path(keep) / "logs", dirs_exist_ok=True)
             if (work / "starts.jsonl").exists():
                 shutil.copy(work / "starts.jsonl", Path(keep) / "starts.jsonl")
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(60)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_gently(procs)
         broker.stop()
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
