@@ -30,6 +30,7 @@ from protocol.storage import write
 from protocol.topics import Topics
 from schedules import Item, occurrences
 
+from . import controls
 from . import health as probes
 from .clocktrust import ClockTrust
 from .commands import Commands, HubTime, stream_of
@@ -515,21 +516,14 @@ class Agent:
         for name in names:
             path = folder / name
             try:
-                a = json.loads(path.read_text())
-                action = a["action"]
-                if action == "volume":
-                    level = int(a["level"])
-                    if not 0 <= level <= 100:
-                        raise ValueError(level)
-                    self.commands.set_volume(level)
+                a = controls.console_action(json.loads(path.read_text()))
+                if a.kind == "volume":
+                    self.commands.set_volume(a.level)
                     self.store.event("button", {"button": "volume", "pressed": True,
-                                                "level": level, "source": "console",
-                                                "by": str(a.get("by", ""))[:40]},
-                                     self.clock.now())
-                elif action in ("stop", "emergency", "live_mic"):
-                    self._press(action, True, "console", str(a.get("by", ""))[:40])
+                                                "level": a.level, "source": "console",
+                                                "by": a.by}, self.clock.now())
                 else:
-                    raise ValueError(action)
+                    self._press(a.kind, True, "console", a.by)
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.warning("console action %s refused: %s", name, exc)
                 self.store.bump("refused.console_action")
@@ -541,20 +535,18 @@ class Agent:
         if source != "button":
             data.update(source=source, by=by)
         self.store.event("button", data, now)
-        if pressed:
-            if name == "stop":
-                self.runner.stop("stopped with the stop button at the station"
-                                 if source == "button" else
-                                 f"stopped at the station ({source})")
-            elif name == "emergency":
-                active = self.store.active_bundle()
-                sha = (active[1] if active else {}).get("emergency")
-                if sha and self.store.has_audio(sha):  # hash-checked again before air
-                    self.runner.play_now(sha, f"local emergency message ({source})")
-                else:
-                    self.alarm("emergency_message", True, "no stored emergency message")
-            elif name == "live_mic":
-                self.runner.toggle_live_mic(self.cfg.live_mic_timeout_s)
+        active = self.store.active_bundle()
+        sha = (active[1] if active else {}).get("emergency")
+        held = sha if sha and self.store.has_audio(sha) else None  # hash-checked before air
+        e = controls.press(name, pressed, source, held)
+        if e.kind == "stop":
+            self.runner.stop(e.reason)
+        elif e.kind == "emergency":
+            self.runner.play_now(e.sha, e.reason)
+        elif e.kind == "no_message":
+            self.alarm("emergency_message", True, e.reason)
+        elif e.kind == "live_mic":
+            self.runner.toggle_live_mic(self.cfg.live_mic_timeout_s)
 
     def _sim_faults(self) -> None:
         """A running simulated station takes the faults `loaxa agent fault` writes."""
