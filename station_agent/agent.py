@@ -32,6 +32,7 @@ from schedules import Item, occurrences
 
 from . import controls
 from . import health as probes
+from . import presence
 from .clocktrust import ClockTrust
 from .commands import Commands, HubTime, stream_of
 from .config import StationConfig
@@ -159,7 +160,7 @@ class Agent:
         self._next: tuple[float, dict[str, Any] | None] = (-1e9, None)
         self._next_version: int | None = None
         self._health_at = -1e9
-        self._heartbeat_at = -1e9
+        self.heartbeats = presence.Heartbeats()
         self._faults_seen: bytes | None = None
         self._faults_read = -1e9
         self._actions_read = -1e9
@@ -453,33 +454,24 @@ class Agent:
                             str(f) if f else "no broker connection")
 
     def heartbeat_interval(self) -> float:
-        period = self._heightened()
-        return float(period.get("heartbeat_s", self.cfg.heartbeat_s)) if period \
-            else float(self.cfg.heartbeat_s)
+        return presence.heartbeat_interval(self._heightened(), self.cfg.heartbeat_s)
 
     def _heightened(self) -> dict:
         """The heightened period in force now, from the active programme, or {}."""
         active = self.store.active_bundle()
-        h = (active[1] if active else {}).get("heightened") or {}
-        try:
-            now = self.clock.now()
-            return h if parse_iso(h["start"]) <= now < parse_iso(h["end"]) else {}
-        except (KeyError, TypeError, ValueError):
-            return {}
+        return presence.heightened(active[1] if active else None, self.clock.now())
 
     def _heartbeat(self) -> None:
         period = self._heightened()  # a heightened period's self-test time applies while it lasts
         self.runner.selftest_at = _hhmm(period.get("selftest_at")) or _hhmm(self.cfg.selftest_at)
-        mono = self.clock.monotonic()
-        if not self.link.connected.is_set() or \
-                mono - self._heartbeat_at < self.heartbeat_interval():
+        interval = presence.heartbeat_interval(period, self.cfg.heartbeat_s)
+        if not self.heartbeats.due(self.clock.monotonic(), interval,
+                                   self.link.connected.is_set()):
             return
-        self._heartbeat_at = mono
         st = self.runner.status()
         body = {"status": self.health_status(), "probes": self.health.summary(),
                 "on_air": st["on_air"], "relay": st["relay"],
-                "heightened": bool(self._heightened()),
-                "interval_s": int(self.heartbeat_interval())}
+                "heightened": bool(period), "interval_s": int(interval)}
         self.link.publish(self.topics.health(self.id),
                           self._seal("heartbeat", body, timedelta(minutes=10)))
 
@@ -826,7 +818,7 @@ class Agent:
     def report_now(self) -> None:
         """A `report` command: state (a birth) and health (a heartbeat) at once."""
         self._publish_state()
-        self._heartbeat_at = -1e9
+        self.heartbeats.now()
         self._health_at = -1e9
 
     def _refuse(self, r: Refused, topic: str) -> None:
