@@ -245,10 +245,7 @@ class Agent:
             self.runner.selftest_now("re-check after restart")
 
     def stop(self) -> None:
-        try:
-            self.commands.settle()
-        except Exception:  # stopping goes on; the command ends as failed at the next start
-            log.exception("recording started commands failed")
+        self.settle()  # what started is recorded before the runner ends it
         self.runner.shutdown()
         self.link.stop(send_will=True)
         self.board.close()
@@ -342,8 +339,13 @@ class Agent:
                 self.store.bump("errors.step")
 
     def settle(self) -> None:
-        """What follows a start: its ``started`` records."""
-        self.commands.settle()
+        """What follows a start: its ``started`` records (a failure is logged and counted;
+        what was not written is tried again next time)."""
+        try:
+            self.commands.settle()
+        except Exception:
+            log.exception("recording started commands failed")
+            self.store.bump("errors.step")
 
     def _exit_for_switch(self) -> None:
         """A release is installed: this version stops (reports flushed first) so that the

@@ -307,10 +307,12 @@ class Commands:
     def settle(self) -> bool:
         """Record the commanded plays that started since the last call (``started`` events:
         bookkeeping after the sound, not before it). True if there was any."""
-        done, self._unsettled = self._unsettled, []
-        for cid, key, at in done:
+        any_ = bool(self._unsettled)
+        while self._unsettled:  # one at a time: a failed write is tried again next turn
+            cid, key, at = self._unsettled[0]
             self.store.command_progress(cid, "started", key, at)
-        return bool(done)
+            self._unsettled.pop(0)
+        return any_
 
     def wanted_meta(self, sha: str) -> dict[str, int] | None:
         """``wanted().get(sha)``, without copying the map."""

@@ -180,3 +180,29 @@ def test_a_stations_own_clock_follows_its_work_and_never_runs_ahead_of_its_input
     clocks.arrived(t)
     assert clocks.now(a) >= t + 5
     clocks.end()
+
+
+def test_a_started_record_that_could_not_be_written_is_written_at_the_next_settle(tmp_path):
+    store = StationStore(tmp_path / "s")
+    runner = _Runner()
+    cmds = Commands(store=store, runner=runner, clock=_Clock(), player=object(),
+                    report_now=lambda: None)
+    body = {"content": "ab" * 32, "size": 10, "duration_ms": 1000, "priority": 3}
+    cmd = Command("c1", "all", 1, "play", body, T0, T0 + timedelta(minutes=5))
+    store.accept_command(cmd.id, cmd.stream, cmd.seq, cmd.action, cmd.body, cmd.exp, T0)
+    cmds._play(cmd, 300)
+    runner.on_record("k", "cmd-c1-0", "started", "")
+    real, calls = store.command_progress, []
+
+    def failing_once(*a, **k):
+        calls.append(a)
+        if len(calls) == 1:
+            raise OSError("disk I/O error")
+        return real(*a, **k)
+    store.command_progress = failing_once
+    with pytest.raises(OSError):
+        cmds.settle()
+    assert _command_events(store) == ["accepted"]
+    assert cmds.settle() is True  # kept, and written now
+    assert _command_events(store) == ["accepted", "started"]
+    store.close()
