@@ -230,12 +230,14 @@ def _factory(backend: str) -> Any:
     raise BoardError(f"unknown hardware backend {backend!r}: use one of {', '.join(BACKENDS)}")
 
 
-def open_board(backend: str, wiring: Wiring, *, sim: dict[str, Any] | None = None) -> Board:
+def open_board(backend: str, wiring: Wiring, *, sim: dict[str, Any] | None = None,
+               clock: Any = None) -> Board:
     """Open the board. ``simulated`` builds gpiozero's mock factory with the equipment model
-    (``sim`` options: ``amp_warmup_ms``) wired behind the same pins."""
+    (``sim`` options: ``amp_warmup_ms``) wired behind the same pins; given a clock tests move
+    (``clock.watch``), its amplifier warms up on that clock."""
     if backend == "simulated":
         from .simulated import simulated_factory
-        factory, equipment = simulated_factory(wiring, **(sim or {}))
+        factory, equipment = simulated_factory(wiring, **(sim or {}), clock=clock)
         board = Board(wiring, pin_factory=factory)
         board.equipment = equipment  # type: ignore[attr-defined]
         equipment.attach()

@@ -41,10 +41,15 @@ class _WatchedPin(MockPin):
 
 
 class SimulatedEquipment:
-    def __init__(self, factory: MockFactory, wiring: Any, *, amp_warmup_ms: int = 300) -> None:
+    def __init__(self, factory: MockFactory, wiring: Any, *, amp_warmup_ms: int = 300,
+                 clock: Any = None) -> None:
+        """``clock``: a clock tests move (one with ``watch``, protocol.clock.ManualClock): the
+        amplifier warms up as it moves, not in real time. Otherwise a timer."""
         self.factory = factory
         self.wiring = wiring
         self.amp_warmup_s = amp_warmup_ms / 1000
+        self._clock = clock if hasattr(clock, "watch") else None
+        self._closed_at = 0.0
         self.faults: set[Fault] = set()
         self._lock = threading.RLock()
         self._timer: threading.Timer | None = None
@@ -65,6 +70,8 @@ class SimulatedEquipment:
         self.sense_pin = pin(wiring.audio_sense)
         self.button_pins = {n: pin(getattr(wiring, f"button_{n}"))
                             for n in ("stop", "emergency", "live_mic")}
+        if self._clock is not None:
+            self._clock.watch(self._update)
 
     def attach(self) -> None:
         """Called once the board's devices exist: the equipment starts driving its lines."""
@@ -84,8 +91,12 @@ class SimulatedEquipment:
             closed = (amp_cmd or Fault.RELAY_STUCK_CLOSED in f) and Fault.RELAY_STUCK_OPEN not in f
             if closed and not self._was_closed:
                 self._warm = self.amp_warmup_s <= 0  # an amplifier with no warm-up: no timer
-                if not self._warm:
+                if self._clock is not None:
+                    self._closed_at = self._clock.monotonic()
+                elif not self._warm:
                     self._start_warmup()
+            elif closed and self._clock is not None and not self._warm:
+                self._warm = self._clock.monotonic() - self._closed_at >= self.amp_warmup_s
             elif not closed:
                 self._warm = False
                 if self._timer:
@@ -151,7 +162,8 @@ class SimulatedEquipment:
         (pin.drive_low if pressed else pin.drive_high)()
 
 
-def simulated_factory(wiring: Any, *, amp_warmup_ms: int = 300) -> tuple[MockFactory, SimulatedEquipment]:
+def simulated_factory(wiring: Any, *, amp_warmup_ms: int = 300,
+                      clock: Any = None) -> tuple[MockFactory, SimulatedEquipment]:
     factory = MockFactory()
-    equipment = SimulatedEquipment(factory, wiring, amp_warmup_ms=amp_warmup_ms)
+    equipment = SimulatedEquipment(factory, wiring, amp_warmup_ms=amp_warmup_ms, clock=clock)
     return factory, equipment

@@ -13,7 +13,7 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 
 class Clock(Protocol):
@@ -39,6 +39,11 @@ class ManualClock:
         self._now = start.astimezone(timezone.utc)
         self._mono = 1000.0
         self._lock = threading.Lock()
+        self._watchers: list[Callable[[], None]] = []
+
+    def watch(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` whenever the clock moves (a simulated amplifier warming up on it)."""
+        self._watchers.append(fn)
 
     def now(self) -> datetime:
         with self._lock:
@@ -52,6 +57,8 @@ class ManualClock:
         with self._lock:
             self._now += timedelta(seconds=seconds)
             self._mono += max(seconds, 0.0)
+        for fn in list(self._watchers):
+            fn()
 
     def set(self, when: datetime) -> None:
         with self._lock:

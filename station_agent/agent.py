@@ -104,7 +104,7 @@ class Agent:
         self._parked: collections.deque = collections.deque(maxlen=20)  # signed by a key
         # not known yet (before its rotation's announcement): handled again once it is
         self.board = board or open_board(cfg.hardware_backend, Wiring.from_dict(cfg.wiring),
-                                         sim=cfg.sim)
+                                         sim=cfg.sim, clock=self.clock)
         self.player = player or AlsaPlayer(cfg.audio_device, alsa_config=cfg.alsa_config,
                                            volume=cfg.volume, stream_ca=cfg.stream_ca)
         self.runner = Runner(store=self.store, board=self.board, player=self.player,

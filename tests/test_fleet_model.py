@@ -206,3 +206,29 @@ def test_a_started_record_that_could_not_be_written_is_written_at_the_next_settl
     assert cmds.settle() is True  # kept, and written now
     assert _command_events(store) == ["accepted", "started"]
     store.close()
+
+
+def test_the_simulated_amplifier_warms_up_on_the_clock_it_is_given():
+    """Tests move a ManualClock instead of sleeping: power-good comes when the clock has
+    passed the warm-up, not before, and no timer runs."""
+    from hardware import Wiring, open_board
+    from protocol.clock import ManualClock
+    clock = ManualClock(T0)
+    b = open_board("simulated", Wiring(), sim={"amp_warmup_ms": 500}, clock=clock)
+    try:
+        b.amp_on()
+        assert not b.amp_power_good
+        clock.advance(0.49)
+        assert not b.amp_power_good
+        clock.advance(0.02)
+        assert b.amp_power_good
+        assert b.equipment._timer is None
+        b.amp_off()
+        assert not b.amp_power_good
+        b.amp_on()  # warms up again from its own closing
+        clock.advance(0.3)
+        assert not b.amp_power_good
+        clock.advance(0.3)
+        assert b.amp_power_good
+    finally:
+        b.close()

@@ -22,13 +22,16 @@ def test_debounce_needs_two_readings_and_reports_each_transition():
 
 
 def test_probes_read_the_board_as_the_faults_make_it():
-    b = open_board("simulated", FULL, sim={"amp_warmup_ms": 10})
+    from datetime import datetime, timezone
+
+    from protocol.clock import ManualClock
+    clock = ManualClock(datetime(2030, 1, 1, tzinfo=timezone.utc))
+    b = open_board("simulated", FULL, sim={"amp_warmup_ms": 10}, clock=clock)
     try:
         assert relays(b).status == "ok" and amplifier(b).status == "ok"
         assert [p.status for p in power(b)] == ["ok", "ok"]
         b.equipment.inject(Fault.RELAY_STUCK_CLOSED)
-        import time
-        time.sleep(0.05)
+        clock.advance(0.05)  # the amplifier, powered by the stuck relay, warms up
         assert relays(b).status == "fault" and "closed while told off" in relays(b).detail
         assert amplifier(b).status == "fault"  # powered while its relay is off
         b.equipment.clear(Fault.RELAY_STUCK_CLOSED)
