@@ -192,9 +192,10 @@ def bridge_certificate(cfg: hubconfig.HubConfig, name: str, group: str | None) -
         if group is not None and not store.group_exists(group):
             raise HubError(f"không có nhóm {group!r} / no group {group!r}")
         known = store.setting(f"bridge.{name}")
-        if known is not None and json.loads(known).get("group") != group:
+        served = json.loads(known).get("group") if known is not None else group
+        if served != group:
             raise HubError(f"cầu nối {name!r} đã phục vụ nhóm khác / bridge {name!r} already "
-                           f"serves {json.loads(known).get('group') or 'every station'}")
+                           f"serves {served or 'every station'}")
         store.set_setting(f"bridge.{name}", json.dumps({"group": group}))
     finally:
         store.close()

@@ -617,9 +617,8 @@ def cmd_bridge(args) -> int:
         return 0
     files = bridge_certificate(cfg, args.name, args.group)
     d = args.cert_dir.rstrip("/")
-    on_edge = {k: f"{d}/bridge-{args.name}.{'key' if k == 'key' else 'crt'}"
-               for k in ("cert", "key")}
-    on_edge["ca"] = f"{d}/ca.crt"
+    on_edge = {"ca": f"{d}/ca.crt", "cert": f"{d}/bridge-{args.name}.crt",
+               "key": f"{d}/bridge-{args.name}.key"}
     print("\n".join(
         ["# chép lên máy của broker biên / copy to the edge broker's machine "
          "(the key readable by mosquitto only):"]

@@ -15,7 +15,7 @@ import shutil
 import threading
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from hardware import Wiring, open_board
 from audio import AlsaPlayer, AudioError, check_device
@@ -314,11 +314,7 @@ class Agent:
                 # a play (a khẩn cấp alert) starts now, not after the messages behind it
                 # (the audio pushed with it, a backlog after a reconnect)
                 self._command_taken = False
-                try:
-                    tick()
-                except Exception:
-                    log.exception("agent step failed")
-                    self.store.bump("errors.step")
+                self._guarded(tick)
         # each phase on its own: a bug in one (logged, counted) never stops the others,
         # above all never the runner
         if light:  # reports: flush_due(), after the fleet has stepped every busy station
@@ -332,11 +328,15 @@ class Agent:
         if settle:
             phases.append(self.settle)
         for phase in phases:
-            try:
-                phase()
-            except Exception:
-                log.exception("agent step failed")
-                self.store.bump("errors.step")
+            self._guarded(phase)
+
+    def _guarded(self, phase: Callable[[], None]) -> None:
+        """One phase of a turn: a bug in it is logged and counted, and the turn goes on."""
+        try:
+            phase()
+        except Exception:
+            log.exception("agent step failed")
+            self.store.bump("errors.step")
 
     def settle(self) -> None:
         """What follows a start: its ``started`` records (a failure is logged and counted;
@@ -455,9 +455,6 @@ class Agent:
         return probes.Probe("link", "degraded", f.cause if f else None,
                             str(f) if f else "no broker connection")
 
-    def heartbeat_interval(self) -> float:
-        return presence.heartbeat_interval(self._heightened(), self.cfg.heartbeat_s)
-
     def _heightened(self) -> dict:
         """The heightened period in force now, from the active programme, or {}."""
         active = self.store.active_bundle()
@@ -529,9 +526,7 @@ class Agent:
         if source != "button":
             data.update(source=source, by=by)
         self.store.event("button", data, now)
-        active = self.store.active_bundle()
-        sha = (active[1] if active else {}).get("emergency")
-        held = sha if sha and self.store.has_audio(sha) else None  # hash-checked before air
+        held = self._emergency_held() if pressed and name == "emergency" else None
         e = controls.press(name, pressed, source, held)
         if e.kind == "stop":
             self.runner.stop(e.reason)
@@ -541,6 +536,13 @@ class Agent:
             self.alarm("emergency_message", True, e.reason)
         elif e.kind == "live_mic":
             self.runner.toggle_live_mic(self.cfg.live_mic_timeout_s)
+
+    def _emergency_held(self) -> str | None:
+        """The active programme's emergency message, if the station holds it (it is
+        hash-checked again before it goes on air)."""
+        active = self.store.active_bundle()
+        sha = (active[1] if active else {}).get("emergency")
+        return sha if sha and self.store.has_audio(sha) else None
 
     def _sim_faults(self) -> None:
         """A running simulated station takes the faults `loaxa agent fault` writes."""
