@@ -127,6 +127,11 @@ def explain_socket_error(exc: BaseException, *, tls: bool) -> Failure:
         if "wrong version number" in low or "record layer failure" in low \
                 or "packet length too long" in low:
             return Failure("tls_unexpected", f"the broker does not speak TLS on this port ({text})")
+        if isinstance(exc, ssl.SSLEOFError) or "unexpected_eof" in low or "eof occurred" in low:
+            # the TCP connection ended mid-handshake: a link that dropped (a proxy, a 4G cell)
+            # says nothing about our certificate, which a broker refuses after the handshake
+            # (TLS 1.3) or with an alert (TLS 1.2)
+            return Failure("unreachable", f"the link closed during the TLS handshake ({text})")
         return Failure("certificate_refused", f"the broker refused our certificate ({text})")
     if isinstance(exc, (socket.gaierror, ConnectionRefusedError, TimeoutError, socket.timeout)) \
             or getattr(exc, "errno", None) in (errno.EHOSTUNREACH, errno.ENETUNREACH,

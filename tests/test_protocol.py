@@ -184,3 +184,46 @@ def test_hub_key_rotation_chain_forgery_and_replay():
                        min_seq=1)
     assert e.value.reason == Reason.MALFORMED
     assert ring.kids() == [k1.kid]  # nothing refused changed what the station trusts
+
+
+def _handshake_error(answer: bytes | None) -> BaseException:
+    """What a TLS client really gets from a peer that closes at once (``None``) or answers
+    ``answer`` in plain bytes, on a loopback socket."""
+    import socket
+    import ssl
+    import threading
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def peer() -> None:
+        conn, _ = server.accept()
+        conn.recv(4096)
+        if answer is not None:
+            conn.sendall(answer)
+        conn.close()
+    t = threading.Thread(target=peer, daemon=True)
+    t.start()
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    try:
+        with socket.create_connection(server.getsockname(), timeout=5) as raw, \
+                ctx.wrap_socket(raw) as tls:
+            tls.recv(1)
+    except (ssl.SSLError, OSError) as exc:
+        return exc
+    finally:
+        t.join(5)
+        server.close()
+    raise AssertionError("the handshake succeeded")
+
+
+def test_a_link_that_drops_mid_handshake_is_not_called_a_refused_certificate():
+    """A link cut during the TLS handshake raised `certificate_refused` at once (seen when a
+    proxy cut the link): an alarm naming the wrong fix. It is the link; a plain-MQTT port is
+    still named as such."""
+    from protocol.mqtt import explain_socket_error
+    cut = explain_socket_error(_handshake_error(None), tls=True)
+    assert cut.cause == "unreachable" and "handshake" in cut.detail, cut
+    plain = explain_socket_error(_handshake_error(b"\x20\x02\x00\x00" * 4), tls=True)
+    assert plain.cause == "tls_unexpected", plain
