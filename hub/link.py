@@ -31,6 +31,7 @@ MAX_EVENTS_PER_REPORT = 500
 REPLAN_EVERY_S = 30.0
 WATCH_EVERY_S = 5.0  # presence alarms and the serving heartbeat
 CERTS_EVERY_S = 3600.0      # certificates expiring within 30 days: an alarm
+TURN_MESSAGES = 500  # messages handled in one turn (one transaction of reports)
 PUSH_AGAIN_S = 600.0  # a file pushed on a shared topic is not pushed there again sooner
 BLOB_CACHE_BYTES = 64 * 2**20
 RESEND_AFTER_S = 3.0  # a chunk sent this recently is not sent again for the same station
@@ -111,10 +112,15 @@ class HubLink:
             msg = self.link.inbox.get(timeout=wait) if wait else self.link.inbox.get_nowait()
         except queue.Empty:
             msg = None
+        # at most TURN_MESSAGES, then the turn's commit and acks; a message is taken from
+        # the inbox only to be handled (one taken past the limit was dropped without a word:
+        # a reconnect storm lost a report every 500 messages until its 30 s resend)
         n = 0
-        while msg is not None and n < 500:
+        while msg is not None:
             self.handle(msg)
             n += 1
+            if n >= TURN_MESSAGES:
+                break
             try:
                 msg = self.link.inbox.get_nowait()
             except queue.Empty:
