@@ -1,8 +1,10 @@
 """What the benchmarks that run real processes share."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 
@@ -13,6 +15,9 @@ def teardown(procs: list[subprocess.Popen], broker, *dirs: Path) -> None:
             p.kill()
             p.wait()
     broker.stop()
+    if os.environ.get("LOAXA_BENCH_KEEP"):  # a developer's look at the logs afterwards
+        print("kept:", *dirs, file=sys.stderr)
+        return
     for d in dirs:
         shutil.rmtree(d, ignore_errors=True)
 

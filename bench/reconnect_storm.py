@@ -104,9 +104,11 @@ def run(n: int = int(os.environ.get("LOAXA_P2_STATIONS", "2000"))) -> dict:
         t_storm = time.monotonic()
         cpu0 = [_cpu_s(hub.pid), _cpu_s(fleet.pid)]
         stored = 0
+        curve: list[tuple[float, int]] = []  # (s since the storm began, records stored)
         while stored < queued and time.monotonic() < deadline:
             time.sleep(0.25)  # polling the hub's table, not waiting on a schedule
             stored = store.q("SELECT count(*) AS n FROM playbacks")[0]["n"]
+            curve.append((round(time.monotonic() - t_storm, 2), stored))
         drain_s = time.monotonic() - t_storm
         # which side bounds the drain: a process near drain_s of CPU was busy all along
         hub_cpu, fleet_cpu = (_cpu_s(p.pid) - c for p, c in zip((hub, fleet), cpu0))
@@ -144,6 +146,10 @@ def run(n: int = int(os.environ.get("LOAXA_P2_STATIONS", "2000"))) -> dict:
             "lost": queued - stored_rows, "duplicated": duplicated,
             "drain_s": round(drain_s, 1), "hub_cpu_s": round(hub_cpu, 1),
             "fleet_cpu_s": round(fleet_cpu, 1), "hub_rows_per_s": round(rate),
+            # where the time goes: the first record stored, and the stored count each second
+            "first_stored_s": next((t for t, k in curve if k), None),
+            "stored_each_s": [k for i, (t, k) in enumerate(curve)
+                              if i + 1 == len(curve) or int(curve[i + 1][0]) > int(t)],
             "ratio_to_baseline": round(ratio, 3), "target_ratio": 0.25,
             "meets_targets": bool(stored_rows == queued and left == 0 and duplicated == 0
                                   and ratio >= 0.25)}

@@ -40,7 +40,7 @@ class StationConfig:
     wiring: dict[str, Any] = field(default_factory=dict)
     sim: dict[str, Any] = field(default_factory=dict)
     fetch_retry_s: int = 15
-    report_retry_s: int = 10
+    report_retry_s: int = 30  # 10 s made a 2,000-station storm resend a third (docs/protocol.md)
     min_free_bytes: int = 64 * 2**20
     report_batch: int = 100
     volume: float = 1.0

@@ -107,7 +107,7 @@ def test_a_relay_item_carries_its_stream_and_duration(hub):
 def test_heartbeats_are_kept_in_one_commit_per_turn_newest_first_and_bad_ones_refused(tmp_path):
     """Heartbeats are state: the hub keeps the newest per station and writes a turn's worth
     in one transaction; a forged one among them is refused and counted, and changes nothing."""
-    from hub.link import TURN_MESSAGES, HubLink
+    from hub.link import HubLink
     from protocol.clock import SystemClock
     from protocol.envelope import Signer, public_to_text, seal
     from protocol.mqtt import BrokerConfig, Inbound
