@@ -35,7 +35,7 @@ def test_migrations_run_once(tmp_path):
     assert [r["name"] for r in s.q("SELECT name FROM _migrations")] == \
         ["m001_initial", "m002_live_state_and_alarms", "m003_stream_items",
          "m004_health_and_heightened", "m005_live_mic", "m006_commands", "m007_console", "m008_play_days", "m009_certificates", "m010_key_rotation", "m011_releases",
-         "m012_shared_programmes"]
+         "m012_shared_programmes", "m013_playbacks_by_station_only"]
     s.close()
 
 
@@ -165,3 +165,16 @@ def test_a_full_turn_handles_every_message_it_takes(tmp_path):
     hub.step()
     assert handled == sent and hub.link.inbox.empty()
     store.close()
+
+
+@pytest.mark.parametrize("at, day", [
+    ("2030-03-04T16:59:59.000Z", "2030-03-04"),   # 23:59:59 in Hà Nội
+    ("2030-03-04T17:00:00.000Z", "2030-03-05"),   # midnight
+    ("2030-03-04T23:30:00+07:00", "2030-03-04"),
+    ("2030-03-04T22:45:00+05:30", "2030-03-05"),  # 00:15 in Hà Nội: not truncated to 22:00
+    ("2030-03-04T10:00:00", None),                # no offset: no day
+    ("không phải giờ", None),
+])
+def test_a_play_belongs_to_its_local_day(at, day):
+    from hub.store import play_day
+    assert play_day(at, None) == day
