@@ -339,7 +339,7 @@ class HubLink:
             self._count("ignored.topic")
             return
         sid, leaf = parsed
-        if leaf not in ("events", "health"):
+        if leaf not in ("events", "health", "state"):
             self._commit_reports()  # the other handlers commit (and publish) on their own
         now = self.clock.now()
         try:
@@ -347,7 +347,11 @@ class HubLink:
             if ring is None:
                 raise Refused(Reason.UNKNOWN_KEY, f"unknown station {sid!r}")
             if leaf == "state":
-                self._on_state(sid, msg.payload, ring)
+                # presence joins the turn's transaction: 2,000 births after an outage were
+                # 2,000 commits of their own (each with a savepoint: a bad one undoes itself)
+                self._begin_reports()
+                with self.store.lock, write(self.store.db):
+                    self._on_state(sid, msg.payload, ring)
                 return
             # a station's clock may be wrong (that is what its clock alarm is about): its
             # messages are judged by sequence (reports), by content (fetch) or answered
@@ -500,8 +504,9 @@ class HubLink:
         self._acks.append((sid, [e["seq"] for e in events]))
 
     def _begin_reports(self) -> None:
-        """The turn's reports in one transaction: a commit (an fsync) per report made a
-        reconnect storm of 2,000 stations wait on the disk (bench/reconnect_storm.py)."""
+        """The turn's reports and presence in one transaction: a commit (an fsync) per
+        report made a reconnect storm of 2,000 stations wait on the disk
+        (bench/reconnect_storm.py)."""
         if not self._report_tx:
             self.store.lock.acquire()
             try:
