@@ -146,6 +146,9 @@ def run(n: int = int(os.environ.get("LOAXA_P2_STATIONS", "2000"))) -> dict:
         duplicated = sum(r["n"] - r["d"] for r in per_station)
         rate = stored / drain_s if drain_s else 0
         ratio = rate / baseline
+        # the hub's side alone: records per second of its own CPU (the fleet's one thread,
+        # doing 2,000 stations' births and reports, shares this machine's two cores with it)
+        cpu_rate = stored / hub_cpu if hub_cpu else 0
         return {
             "name": "reconnect_storm", "stations": n, "queued_per_station": QUEUED,
             "queued": queued, "fill_s": round(fill_s, 1), "hub_ready_s": round(hub_ready_s, 1),
@@ -159,6 +162,12 @@ def run(n: int = int(os.environ.get("LOAXA_P2_STATIONS", "2000"))) -> dict:
             "stored_each_s": [k for i, (t, k) in enumerate(curve)
                               if i + 1 == len(curve) or int(curve[i + 1][0]) > int(t)],
             "ratio_to_baseline": round(ratio, 3), "target_ratio": 0.25,
+            "hub_rows_per_cpu_s": round(cpu_rate),
+            "ratio_own_cpu": round(cpu_rate / baseline, 3),
+            # from the first record stored to the last: the hub's drain once reports arrive
+            "ratio_after_first": round(stored / (drain_s - first) / baseline, 3)
+            if (first := next((t for t, k in curve if k), None)) is not None
+            and drain_s > first else None,
             "meets_targets": bool(stored_rows == queued and left == 0 and duplicated == 0
                                   and ratio >= 0.25)}
     finally:

@@ -524,7 +524,8 @@ class SharedLoop:
         except (KeyError, ValueError):
             pass
 
-    def _flush_writes(self) -> None:
+    def flush_writes(self) -> None:
+        """Hand the sockets what paho queued (an owner's long turn calls it as it goes)."""
         meter = self.meter
         for link in list(self._writes - self._polled_writes):
             c = link._client
@@ -549,7 +550,7 @@ class SharedLoop:
     def poll(self, timeout: float) -> int:
         """Wait up to ``timeout`` for network events and handle them; returns how many."""
         import time
-        self._flush_writes()  # what the owner queued since the last turn
+        self.flush_writes()  # what the owner queued since the last turn
         events = self.sel.select(timeout) if self.sel.get_map() else []
         meter = self.meter
         for key, mask in events:
@@ -571,7 +572,7 @@ class SharedLoop:
             finally:
                 if meter:
                     meter.end()
-        self._flush_writes()  # acknowledgements of what was just read
+        self.flush_writes()  # acknowledgements of what was just read
         now = time.monotonic()
         if now - self._misc_at >= self.MISC_EVERY_S:
             self._misc_at = now
