@@ -51,24 +51,30 @@ _FIGURES_DIR = ROOT / "build" / "fault-figures.d"
 # default puts files with the most tests first, which left the one-test fault files, the
 # longest, to run one after another at the end while the other workers idled: 4 min 7 s
 # against 3 min 21 s). Only the order changes; a stale list costs balance, never a check.
-LONGEST_FIRST = (
-    "faults_tls/test_links_tls.py",                # 97
-    "faults/test_links.py",                        # 82
-    "faults/test_agent_kills.py",                  # 76
-    "faults_tls/test_broker_and_hub_kills_tls.py",  # 75
-    "faults_tls/test_agent_kills_tls.py",          # 73
-    "faults/test_broker_and_hub_kills.py",         # 69
-    "integration/test_day_one_live.py",            # 64
-    "integration/test_update_timing.py",           # 56
-    "integration/test_commands.py",                # 54
-    "integration/test_board_faults.py",            # 50
-    "integration/test_demo.py",                    # 45
-    "web/test_web_console.py",                     # 38
-    "faults/test_clock_and_power.py",              # 37
-    "faults/test_command_faults.py",               # 36
-    "faults_tls/test_clock_and_power_tls.py",      # 35
-    "faults_tls/test_command_faults_tls.py",       # 34
-    "test_day_one.py",                             # 32
+LONGEST_FIRST = (  # seconds per file, 05/12/2026 afternoon (8 workers, make test)
+    "faults_tls/test_links_tls.py",                 # 92
+    "faults_tls/test_agent_kills_tls.py",           # 91
+    "faults/test_links.py",                         # 87
+    "faults/test_broker_and_hub_kills.py",          # 84
+    "faults_tls/test_broker_and_hub_kills_tls.py",  # 84
+    "faults/test_agent_kills.py",                   # 82
+    "integration/test_commands.py",                 # 72
+    "integration/test_update_timing.py",            # 65
+    "web/test_web_console.py",                      # 64
+    "integration/test_demo.py",                     # 59
+    "integration/test_board_faults.py",             # 56
+    "test_day_one.py",                              # 55
+    "integration/test_day_one_live.py",             # 53
+    "faults_tls/test_command_faults_tls.py",        # 52
+    "faults/test_command_faults.py",                # 47
+    "faults_tls/test_clock_and_power_tls.py",       # 47
+    "faults/test_clock_and_power.py",               # 46
+    "integration/test_end_to_end.py",               # 45
+    "integration/test_update.py",                   # 37
+    "integration/test_presence_and_controls.py",    # 36
+    "test_audio.py",                                # 36
+    "integration/test_security_matrix.py",          # 27
+    "web/test_web_browser.py",                      # 26
 )
 
 
