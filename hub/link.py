@@ -65,6 +65,8 @@ class HubLink:
         # re-sends them after a reconnect, so a repeated fetch must not send them again
         self._in_flight: dict[tuple[str, str, int], Any] = {}
         self._pruned = -1e9
+        # stations whose latest bundle this connection published retained (see _reconcile)
+        self._retained: set[str] = set()
         self._pushed: dict[tuple[str, str], float] = {}  # (target, sha) -> when last pushed
         self._known: set[str] | None = None  # audio the programme has used (see replan)
         self._blobs: dict[str, bytes] = {}  # content read once (BLOB_CACHE_BYTES at most)
@@ -202,7 +204,7 @@ class HubLink:
                                     compressed=self.store.accepting("zlib")):
             for sid, bundle in batch:
                 issued += 1
-                self.link.publish(self.topics.bundle(sid), bundle.payload, retain=True)
+                self._publish_bundle(sid, bundle.payload)
                 for sha, meta in bundle.content.items():
                     if meta.get("push"):
                         shared.setdefault((meta["push"], sha), None)
@@ -332,6 +334,7 @@ class HubLink:
             # reached a station, so nothing counts as recently sent any more
             self._in_flight = {k: v for k, v in self._in_flight.items()
                                if not v[0].acknowledged}
+            self._retained.clear()
             self._announce()
             return
         parsed = self.topics.parse_station_topic(msg.topic)
@@ -450,6 +453,13 @@ class HubLink:
         latest = self.store.latest_bundle(sid)
         held = int(summary.get("held_version") or 0)
         if latest and held < latest["version"]:
+            if sid in self._retained:
+                # published retained on this connection: the broker hands it to the station
+                # as it subscribes, right behind this birth (the birth is sent before the
+                # station has read it); sending it again doubled every returning station's
+                # bundle (2,000 births, 2,000 bundles twice)
+                self._count("reconciled.retained")
+                return
             self._publish_latest(sid, latest)
             self._count("reconciled")
         elif held > (latest["version"] if latest else 0) and \
@@ -460,7 +470,7 @@ class HubLink:
                                           self.quiet, above=held,
                                           compressed=self._compressed(sid))
             if issued is not None:
-                self.link.publish(self.topics.bundle(sid), issued.payload, retain=True)
+                self._publish_bundle(sid, issued.payload)
                 self._count("reconciled.ahead")
 
     def _publish_latest(self, sid: str, latest: dict[str, Any] | None = None) -> None:
@@ -469,8 +479,15 @@ class HubLink:
         # newer one from the lost hub): the replan issues above the restore's floor
         if latest and latest["version"] >= planner.restore_floor(self.store):
             raw = latest["raw"].encode("utf-8")
-            self.link.publish(self.topics.bundle(sid),
-                              pack(raw) if self._compressed(sid) else raw, retain=True)
+            self._publish_bundle(sid, pack(raw) if self._compressed(sid) else raw)
+
+    def _publish_bundle(self, sid: str, payload: bytes) -> None:
+        """A station's latest bundle, retained; remembered as held by the broker for the
+        rest of this connection (a new connection forgets: a restarted broker may not)."""
+        if self.link.publish(self.topics.bundle(sid), payload, retain=True) is None:
+            self._retained.discard(sid)
+        else:
+            self._retained.add(sid)
 
     def _compressed(self, sid: str) -> bool:
         """Whether the station said it takes its bundle compressed."""

@@ -178,3 +178,46 @@ def test_a_full_turn_handles_every_message_it_takes(tmp_path):
 def test_a_play_belongs_to_its_local_day(at, day):
     from hub.store import play_day
     assert play_day(at, None) == day
+
+
+def test_a_birth_behind_gets_its_bundle_again_only_if_the_broker_may_not_hold_it(hub):
+    """A station back from an outage sends its birth before it has read the retained bundle
+    the broker hands it on subscribing: the hub sent the bundle again as well, so every
+    returning station got its programme twice. Now only when this connection of the hub has
+    not published it (a new connection: the broker may have restarted without it)."""
+    from hub.link import _CONNECTED, HubLink
+    from protocol.clock import SystemClock
+    from protocol.envelope import Signer, public_to_text, seal
+    from protocol.mqtt import BrokerConfig, Inbound
+    from protocol.topics import Topics
+    store, signer = hub
+    key = Signer.generate("station:a")
+    with store.lock:
+        store.db.execute("UPDATE stations SET public_key = ? WHERE id = 'a'",
+                         [public_to_text(key.public)])
+        store.db.conn.commit()
+    announce(store, content=store.content(SHA), when=NOW + timedelta(hours=1),
+             priority=Priority.THONG_THUONG, target="all", every=None, now=NOW)
+    link = HubLink(store=store, signer=signer, topics=Topics(), broker=BrokerConfig(port=1),
+                   clock=SystemClock())
+    sent = []
+    link.link.publish = lambda topic, payload, **kw: sent.append(topic) or object()
+    assert link.replan_if_changed(force=True) == 2  # both stations' bundles, retained
+    bdseq = [10]
+
+    def birth() -> Inbound:
+        bdseq[0] += 1
+        return Inbound(Topics().state("a"), seal(
+            "state", {"online": True, "bdseq": bdseq[0], "held_version": 0,
+                      "active_version": 0}, signer=key, seq=bdseq[0],
+            now=datetime.now(timezone.utc), ttl=timedelta(minutes=5)), True)
+    sent.clear()
+    link.handle(birth())
+    link._commit_reports()
+    assert sent == [] and link.counters.get("reconciled.retained") == 1
+    assert store.state("a")["online"] == 1  # the birth itself is kept
+    link.handle(_CONNECTED)  # a new connection of the hub's own
+    sent.clear()
+    link.handle(birth())
+    link._commit_reports()
+    assert Topics().bundle("a") in sent and link.counters.get("reconciled") == 1
