@@ -209,7 +209,9 @@ class HubLink:
                     if meta.get("push"):
                         shared.setdefault((meta["push"], sha), None)
             self.publish_commands()  # a khẩn cấp command waits for one batch at most
-        self._data_version = self.store.data_version()
+        # (the data version is not read again here: a commit by another connection while
+        # this plan ran, after the planner had read the items, was taken as planned and
+        # waited REPLAN_EVERY_S; the hub's own writes do not move it)
         # after the bundles (a station learns it should expect the audio before it comes):
         # each new file once per shared topic, not once per station that fetches it
         # (only files new to the programme: a bundle re-signed before it expires names the

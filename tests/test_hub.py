@@ -1,5 +1,7 @@
 """The hub's store and planner on a real SQLite file."""
+import json
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -221,3 +223,34 @@ def test_a_birth_behind_gets_its_bundle_again_only_if_the_broker_may_not_hold_it
     link.handle(birth())
     link._commit_reports()
     assert Topics().bundle("a") in sent and link.counters.get("reconciled") == 1
+
+
+def test_an_item_added_while_the_hub_plans_is_planned_at_the_next_step(hub, monkeypatch):
+    """The hub read the data version again after planning, so an item another connection (the
+    web, the CLI) committed after the planner had read the items was taken as planned: its
+    bundle waited REPLAN_EVERY_S (30 s; a test waiting 30 s for it failed under load)."""
+    from hub import link as hublink
+    from protocol.clock import SystemClock
+    from protocol.mqtt import BrokerConfig
+    from protocol.topics import Topics
+    store, signer = hub
+    path = store.db.execute("PRAGMA database_list").fetchone()[2]
+    link = hublink.HubLink(store=store, signer=signer, topics=Topics(),
+                           broker=BrokerConfig(port=1), clock=SystemClock())
+    link.link.publish = lambda topic, payload, **kw: object()
+    assert link.replan_if_changed() == 2  # both stations' first bundles
+    other = HubStore(Path(path))
+    real = hublink.planner.replan
+
+    def planned_then_someone_commits(*args, **kw):
+        yield from real(*args, **kw)  # the planner has read the items
+        announce(other, content=other.content(SHA), when=NOW + timedelta(hours=2),
+                 priority=Priority.THONG_THUONG, target="all", every=None, now=NOW)
+    monkeypatch.setattr(hublink.planner, "replan", planned_then_someone_commits)
+    announce(other, content=other.content(SHA), when=NOW + timedelta(hours=1),
+             priority=Priority.THONG_THUONG, target="all", every=None, now=NOW)
+    assert link.replan_if_changed() == 2  # the first item; the second lands meanwhile
+    monkeypatch.setattr(hublink.planner, "replan", real)
+    assert link.replan_if_changed() == 2  # the item committed meanwhile: planned now
+    assert len(json.loads(store.latest_bundle("a")["raw"])["body"]["items"]) == 2
+    other.close()
