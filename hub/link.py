@@ -50,7 +50,7 @@ class HubLink:
         self.offline_alarm_s = offline_alarm_s
         self._watched = -1e9
         self._failure_shown: object = ()
-        self.signer = signer
+        self.signer = signer.cached()  # its key id worked out once, not per message
         self.topics = topics
         self.clock = clock
         self.quiet = quiet
@@ -162,7 +162,7 @@ class HubLink:
             signer = Signer.load(self.key_path, self.signer.sender)
             if signer.kid != kid:
                 return  # the key file and its announcement are not both in place yet
-            self.signer, self._key_kid = signer, kid
+            self.signer, self._key_kid = signer.cached(), kid
             self.link.publish(self.topics.hub_key(),
                               self.store.setting("hubkey.raw").encode("utf-8"), retain=True)
             log.info("signing with the new hub key %s", kid)

@@ -99,7 +99,7 @@ class Agent:
         self.clock = clock or make_clock(cfg.clock)
         self.topics = Topics(cfg.prefix)
         self.store = StationStore(cfg.data_dir)
-        self.signer = Signer.load(cfg.station_key, f"station:{self.id}")
+        self.signer = Signer.load(cfg.station_key, f"station:{self.id}").cached()  # kid once
         self.hub_keys = self._load_hub_keys()
         self._parked: collections.deque = collections.deque(maxlen=20)  # signed by a key
         # not known yet (before its rotation's announcement): handled again once it is
