@@ -4,6 +4,12 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
+# Python writes and reuses its bytecode here even where the environment says not to
+# (PYTHONDONTWRITEBYTECODE=1 on this machine): the tests start ~180 agent processes and 9
+# pytest processes, and without .pyc files each compiled every module it imported again
+# (an agent's imports: 0.60 s of CPU against 0.25 s; collecting the tests: 5.3 s against 1.8 s)
+export PYTHONDONTWRITEBYTECODE :=
+
 setup:
 	@bash deploy/setup.sh test
 

@@ -56,7 +56,8 @@ if [ ! -x .venv/bin/python ]; then
   UV_PYTHON_DOWNLOADS=never uv venv --quiet --python "$py" .venv
 fi
 if [ ! -f "$stamp" ] || [ requirements/lock.txt -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  uv pip install --quiet --python .venv/bin/python -r requirements/lock.txt
+  # compiled once here (in parallel), not by every process that imports them
+  uv pip install --quiet --compile-bytecode --python .venv/bin/python -r requirements/lock.txt
   uv pip install --quiet --python .venv/bin/python --no-deps -e .
   touch "$stamp"
 fi
