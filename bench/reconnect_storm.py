@@ -149,6 +149,7 @@ def run(n: int = int(os.environ.get("LOAXA_P2_STATIONS", "2000"))) -> dict:
         # the hub's side alone: records per second of its own CPU (the fleet's one thread,
         # doing 2,000 stations' births and reports, shares this machine's two cores with it)
         cpu_rate = stored / hub_cpu if hub_cpu else 0
+        first = next((t for t, k in curve if k), None)  # when the first record was stored
         return {
             "name": "reconnect_storm", "stations": n, "queued_per_station": QUEUED,
             "queued": queued, "fill_s": round(fill_s, 1), "hub_ready_s": round(hub_ready_s, 1),
@@ -158,16 +159,12 @@ def run(n: int = int(os.environ.get("LOAXA_P2_STATIONS", "2000"))) -> dict:
             "drain_s": round(drain_s, 1), "hub_cpu_s": round(hub_cpu, 1),
             "fleet_cpu_s": round(fleet_cpu, 1), "hub_rows_per_s": round(rate),
             # where the time goes: the first record stored, and the stored count each second
-            "first_stored_s": next((t for t, k in curve if k), None),
+            "first_stored_s": first,
             "stored_each_s": [k for i, (t, k) in enumerate(curve)
                               if i + 1 == len(curve) or int(curve[i + 1][0]) > int(t)],
             "ratio_to_baseline": round(ratio, 3), "target_ratio": 0.25,
             "hub_rows_per_cpu_s": round(cpu_rate),
             "ratio_own_cpu": round(cpu_rate / baseline, 3),
-            # from the first record stored to the last: the hub's drain once reports arrive
-            "ratio_after_first": round(stored / (drain_s - first) / baseline, 3)
-            if (first := next((t for t, k in curve if k), None)) is not None
-            and drain_s > first else None,
             "meets_targets": bool(stored_rows == queued and left == 0 and duplicated == 0
                                   and ratio >= 0.25)}
     finally:
