@@ -261,6 +261,17 @@ def m013_playbacks_by_station_only(db) -> None:
         db.execute(f"DROP INDEX IF EXISTS {index}")
 
 
+@migrations
+def m014_station_audio(db) -> None:
+    """What audio each station holds, from its ``audio.stored`` events (and, from now on,
+    ``audio.dropped``): the hub pushes a command's audio only to stations that lack it."""
+    db.execute("CREATE TABLE station_audio (station_id TEXT NOT NULL, sha TEXT NOT NULL, "
+               "PRIMARY KEY (station_id, sha))")
+    db.execute("INSERT OR IGNORE INTO station_audio SELECT station_id, "
+               "json_extract(data, '$.sha') FROM events WHERE kind = 'audio.stored' AND "
+               "json_extract(data, '$.sha') IS NOT NULL")
+
+
 CERT_WARN = timedelta(days=30)
 
 
@@ -364,8 +375,10 @@ class HubStore:
                 self.db["station_groups"].insert({"station_id": sid, "group_id": g})
 
     def set_station_key(self, sid: str, public_key: str) -> None:
+        """A new key is a new device or a new store: what the old one held is not known."""
         with self.lock, write(self.db):
             self.db.execute("UPDATE stations SET public_key = ? WHERE id = ?", [public_key, sid])
+            self.db.execute("DELETE FROM station_audio WHERE station_id = ?", [sid])
 
     def station(self, sid: str) -> dict[str, Any] | None:
         rows = self.q("SELECT * FROM stations WHERE id = ?", [sid])
@@ -537,6 +550,12 @@ class HubStore:
                     self._alarm_history(sid, d, e["at"], e["historical"])
                 elif e["kind"] == "command" and isinstance(d.get("id"), str):
                     self._command_progress(sid, d, e["at"])
+                elif e["kind"] == "audio.stored" and isinstance(d.get("sha"), str):
+                    self.db.execute("INSERT OR IGNORE INTO station_audio VALUES (?, ?)",
+                                    [sid, d["sha"][:64]])
+                elif e["kind"] == "audio.dropped" and isinstance(d.get("sha"), str):
+                    self.db.execute("DELETE FROM station_audio WHERE station_id = ? AND sha = ?",
+                                    [sid, d["sha"][:64]])
                 elif e["kind"] == "hubkey" and isinstance(d.get("kid"), str):
                     self.db.execute("UPDATE station_state SET hub_kid = ? WHERE station_id = ?",
                                     [d["kid"][:32], sid])
@@ -635,6 +654,14 @@ class HubStore:
                 "INSERT INTO command_targets (command_id, station_id, state, at, detail) "
                 "VALUES (?, ?, 'targeted', ?, '')",
                 [(row["id"], sid, row["issued_at"]) for sid in stations])
+
+    def lacking(self, cid: str, sha: str) -> list[str]:
+        """The stations a command targets that are not known to hold ``sha`` (none of their
+        ``audio.stored`` events named it, or an ``audio.dropped`` one did since)."""
+        return [r[0] for r in self.db.execute(
+            "SELECT station_id FROM command_targets t WHERE command_id = ? AND NOT EXISTS "
+            "(SELECT 1 FROM station_audio a WHERE a.station_id = t.station_id AND a.sha = ?) "
+            "ORDER BY station_id", [cid, sha]).fetchall()]
 
     def next_command_seq(self, stream: str) -> int:
         """Within the caller's transaction: the next sequence number of a command stream."""

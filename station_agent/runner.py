@@ -421,7 +421,7 @@ class Runner:
 
     def _begin(self, occ: Occurrence, now: datetime, relay_already_on: bool = False,
                preroll: bool = False) -> None:
-        bad = None if occ.item.stream else self.store.verify_audio(occ.item.content)
+        bad = None if occ.item.stream else self.store.verify_audio(occ.item.content, now)
         if bad:  # changed on disk since it was verified: never put it on air
             self.store.start_play(occ.key, occ.item.id, occ.item.content, occ.start, now)
             self.current = _Current(occ, now, self.clock.monotonic())

@@ -286,7 +286,7 @@ class StationStore:
                 h.update(block)
         return h.hexdigest()
 
-    def verify_audio(self, sha: str) -> str | None:
+    def verify_audio(self, sha: str, at: datetime) -> str | None:
         """Check a stored file against its name before it goes on air; None if it is intact,
         else why not (the file is then dropped, so it is fetched again)."""
         h = hashlib.sha256()
@@ -305,13 +305,15 @@ class StationStore:
             self._verified[sha] = (seen, time.monotonic())
             return None
         self._verified.pop(sha, None)
-        self.forget_audio(sha)
+        self.forget_audio(sha, at, "changed")
         return f"audio {sha[:12]} changed on disk (hash {h.hexdigest()[:12]}): dropped"
 
-    def forget_audio(self, sha: str) -> None:
-        """A held file dropped: its record, then the file (a release's tar once unpacked)."""
+    def forget_audio(self, sha: str, at: datetime, reason: str) -> None:
+        """A held file dropped: its record, then the file (a release's tar once unpacked).
+        Reported (``audio.dropped``), so the hub pushes it again when a command needs it."""
         with self._lock, write(self.db):
             self.db.execute("DELETE FROM audio WHERE sha = ?", [sha])
+            self._event("audio.dropped", {"sha": sha, "reason": reason}, at)
         if self._present is not None:
             self._present.discard(sha)
         self._verified.pop(sha, None)

@@ -207,7 +207,7 @@ class Updater:
 
     def _finish(self) -> None:
         keep = {self.st["version"], self.st.get("from") or S.BASE}
-        self.store.forget_audio(self.st["sha"])  # unpacked in its slot: the tar is not kept
+        self.store.forget_audio(self.st["sha"], self.clock.now(), "unpacked")  # unpacked in its slot: the tar is not kept
         self.slots.write_state(None)
         self.st = {}
         self.slots.prune(keep)
@@ -225,7 +225,7 @@ class Updater:
                                         self.clock.now(), {"version": st["version"],
                                                            "step": "rollback"})
         if st.get("sha"):
-            self.store.forget_audio(st["sha"])
+            self.store.forget_audio(st["sha"], self.clock.now(), "rolled back")
         self.slots.write_state(None)
         self.slots.prune({self.slot})
         self.st = {}

@@ -92,10 +92,10 @@ def test_audio_hashed_as_it_was_stored_is_not_read_again_within_the_window(tmp_p
         def hexdigest(self):
             return self.h.hexdigest()
     monkeypatch.setattr(store_mod.hashlib, "sha256", Counting)
-    assert store.verify_audio(sha) is None
+    assert store.verify_audio(sha, T0) is None
     assert hashed == []  # hashed as it was stored, untouched since
     monkeypatch.setattr(store_mod, "VERIFIED_FRESH_S", 0.0)
-    assert store.verify_audio(sha) is None
+    assert store.verify_audio(sha, T0) is None
     assert sum(hashed) == 12000  # the window over: read and hashed whole
     store.close()
 
@@ -107,9 +107,12 @@ def test_audio_changed_within_the_window_is_still_refused(tmp_path):
     data = bytearray(path.read_bytes())
     data[5] ^= 0xFF  # same size, same second
     path.write_bytes(bytes(data))
-    bad = store.verify_audio(sha)
+    bad = store.verify_audio(sha, T0)
     assert bad and "changed on disk" in bad
     assert not store.has_audio(sha)
+    # reported, so the hub pushes it again when a command needs it
+    dropped = [e for e in store.pending_events(100) if e["kind"] == "audio.dropped"]
+    assert [e["data"] for e in dropped] == [{"sha": sha, "reason": "changed"}]
     store.close()
 
 
@@ -119,7 +122,7 @@ def test_audio_not_hashed_by_the_caller_is_hashed_before_air(tmp_path):
     path.write_bytes(b"y" * 100)  # the part is not what its name says
     store._parts.clear()
     store.keep_audio(sha, T0)  # hashed=False: nothing vouches for it
-    bad = store.verify_audio(sha)
+    bad = store.verify_audio(sha, T0)
     assert bad and "changed on disk" in bad
     store.close()
 

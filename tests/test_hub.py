@@ -37,7 +37,7 @@ def test_migrations_run_once(tmp_path):
     assert [r["name"] for r in s.q("SELECT name FROM _migrations")] == \
         ["m001_initial", "m002_live_state_and_alarms", "m003_stream_items",
          "m004_health_and_heightened", "m005_live_mic", "m006_commands", "m007_console", "m008_play_days", "m009_certificates", "m010_key_rotation", "m011_releases",
-         "m012_shared_programmes", "m013_playbacks_by_station_only"]
+         "m012_shared_programmes", "m013_playbacks_by_station_only", "m014_station_audio"]
     s.close()
 
 
@@ -254,3 +254,52 @@ def test_an_item_added_while_the_hub_plans_is_planned_at_the_next_step(hub, monk
     assert link.replan_if_changed() == 2  # the item committed meanwhile: planned now
     assert len(json.loads(store.latest_bundle("a")["raw"])["body"]["items"]) == 2
     other.close()
+
+
+def test_a_commands_audio_goes_only_where_the_stations_reports_say_it_is_lacking(hub, tmp_path):
+    """A khẩn cấp alert used to push its file behind the command to every target, also to
+    stations that held it: 2,000 copies crossed the links, and mosquitto delivered the
+    command itself later. The hub now knows what each station holds from its
+    ``audio.stored`` and ``audio.dropped`` events."""
+    from hub.admin import issue_command, play_body
+    from hub.link import HubLink
+    from protocol.clock import SystemClock
+    from protocol.mqtt import BrokerConfig
+    from protocol.topics import Topics
+    store, signer = hub
+    cfg = hubconfig.load(tmp_path / "hub")
+    for sid in "cdefgh":
+        store.add_station(sid, f"Xã {sid}", None, [], NOW)
+    link = HubLink(store=store, signer=signer, topics=Topics(), broker=BrokerConfig(port=1),
+                   clock=SystemClock())
+    sent: list[str] = []
+    link.link.publish = lambda topic, payload, **kw: sent.append(topic) or object()
+    link.link.connected.set()
+    audio = {Topics().target_audio(t) for t in ("all", *(f"station:{s}" for s in "abcdefgh"))}
+
+    issued: list[str] = []
+
+    def alert() -> list[str]:
+        sent.clear()
+        issued.append(issue_command(cfg, store, "play", "all", play_body(
+            store.content(SHA), priority=Priority.KHAN_CAP), now=datetime.now(timezone.utc))["id"])
+        assert link.publish_commands() == 1
+        assert sent[0] == Topics().target_command("all")
+        return [t for t in sent if t in audio]
+
+    assert alert() == [Topics().target_audio("all")]  # nobody is known to hold it: once, shared
+    seq = iter(range(1, 100))
+
+    def event(sid: str, kind: str) -> None:
+        store.store_events(sid, [{"seq": next(seq), "kind": kind, "at": "2030-01-01T01:00:00Z",
+                                  "data": {"sha": SHA, "size": 10}}], NOW)
+    for sid in "abcdefgh":
+        event(sid, "audio.stored")
+    assert alert() == [] and link.counters["audio.push_not_needed"] == 1  # all hold it
+    event("c", "audio.dropped")  # changed on disk: dropped
+    assert alert() == [Topics().target_audio("station:c")]  # only where it is lacking
+    for sid in "defg":
+        event(sid, "audio.dropped")
+    assert alert() == [Topics().target_audio("all")]  # most lack it: once for all again
+    store.set_station_key("a", "new key")  # a new device: what the old one held is unknown
+    assert store.lacking(issued[-1], SHA) == ["a", "c", "d", "e", "f", "g"]
