@@ -201,6 +201,7 @@ def _alert(home: Path, store, cfg, content: dict, n: int, starts: Path, hub_pid:
     cmd = issue_command(cfg, store, "play", "all",
                         play_body(content, priority=Priority.KHAN_CAP),
                         now=SystemClock().now(), ttl_s=300)
+    issued = time.time() - t0  # signed and stored, the hub woken
     got: dict[str, tuple[float, float | None]] = {}
     while len(got) < n and time.time() - t0 < limit_s:
         time.sleep(0.25)  # polling the fleet's record of starts, not waiting on a schedule
@@ -208,6 +209,7 @@ def _alert(home: Path, store, cfg, content: dict, n: int, starts: Path, hub_pid:
     own = [o for _, o in got.values() if o is not None]
     published = store.command(cmd["id"])["published_at"]
     return {**_summary([lat for lat, _ in got.values()], n),
+            "issued_after_ms": round(issued * 1000, 1),
             "published_after_ms": round((parse_iso(published).timestamp() - t0) * 1000, 1)
             if published else None,
             "first_start_ms": round(min((lat for lat, _ in got.values()), default=0) * 1000, 1),

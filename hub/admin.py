@@ -23,7 +23,7 @@ from schedules.model import ScheduleError
 
 from . import config as hubconfig
 from .config import HubError
-from .store import HubStore
+from .store import HubStore, target_query
 
 
 # the reference station of docs/hardware.md
@@ -562,17 +562,6 @@ def status_rows(store: HubStore, now=None, view: dict | None = None) -> list[dic
 COMMAND_TTL_S = 300
 
 
-def _target_stations(store: HubStore, target: str) -> list[str]:
-    """The stations ``target`` names, in id order (one query: a khẩn cấp alert to a
-    province waits for this)."""
-    from .planner import targets
-    groups: dict[str, list[str]] = {}
-    for r in store.db.execute("SELECT station_id, group_id FROM station_groups").fetchall():
-        groups.setdefault(r[0], []).append(r[1])
-    return [sid for (sid,) in store.db.execute("SELECT id FROM stations ORDER BY id").fetchall()
-            if targets(target, sid, groups.get(sid, []))]
-
-
 def issue_command(cfg: hubconfig.HubConfig, store: HubStore, action: str, target: str,
                   body: dict, *, now, ttl_s: int = COMMAND_TTL_S, by: str = "") -> dict:
     """Sign a command for ``target`` with the hub's key, with the next sequence of that
@@ -580,9 +569,10 @@ def issue_command(cfg: hubconfig.HubConfig, store: HubStore, action: str, target
     publishes it. Returns the stored command."""
     if not 10 <= ttl_s <= 24 * 3600:
         raise HubError("thời hạn lệnh 10 giây đến 24 giờ / a command's expiry must be 10 s-24 h")
-    stations = _target_stations(store, target)
-    if not stations:
-        raise HubError(f"không có trạm nào thuộc {target} / no station in {target}")
+    try:
+        target_query(target)  # a target that is not one: refused before anything is signed
+    except ValueError as exc:
+        raise HubError(f"đích không hợp lệ / {exc}") from None
     signer = Signer.load(cfg.key_path, cfg.hub_id)
     cid = uuid.uuid4().hex[:16]
     with store.lock, write(store.db):
@@ -590,11 +580,13 @@ def issue_command(cfg: hubconfig.HubConfig, store: HubStore, action: str, target
         full = {"id": cid, "target": target, "action": action, **body}
         raw = seal("command", full, signer=signer, seq=seq, now=now,
                    ttl=timedelta(seconds=ttl_s), msg_id=cid)
-        store.add_command({"id": cid, "action": action, "target": target, "seq": seq,
-                           "body": json.dumps(full, ensure_ascii=False),
-                           "raw": raw.decode("utf-8"), "issued_at": iso(now),
-                           "expires_at": iso(now + timedelta(seconds=ttl_s)),
-                           "published_at": None, "by": by}, stations)
+        if not store.add_command({"id": cid, "action": action, "target": target, "seq": seq,
+                                  "body": json.dumps(full, ensure_ascii=False),
+                                  "raw": raw.decode("utf-8"), "issued_at": iso(now),
+                                  "expires_at": iso(now + timedelta(seconds=ttl_s)),
+                                  "published_at": None, "by": by}):
+            # (rolled back with the sequence: nothing was issued)
+            raise HubError(f"không có trạm nào thuộc {target} / no station in {target}")
     nudge(store.path)
     return store.command(cid)
 

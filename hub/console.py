@@ -55,7 +55,7 @@ def target_visible(store: HubStore, user: User, target: str) -> bool:
     seen = visible_stations(store, user)
     if seen is None:
         return True
-    reached = set(admin._target_stations(store, target))
+    reached = set(store.target_stations(target))
     return bool(reached) and reached <= seen
 
 
@@ -283,10 +283,10 @@ def warnings(store: HubStore, d: Draft, now: datetime, quiet: QuietHours | None)
                valid_from=d.valid_from, valid_until=d.valid_until, late_start_s=d.late_start_s)
     horizon = now + timedelta(days=14)
     mine = occurrences([new], now, horizon)
-    reached = set(admin._target_stations(store, d.target))
+    reached = set(store.target_stations(d.target))
     out: list[str] = []
     for r in _item_rows(store, states=("approved", "draft")):
-        other_st = set(admin._target_stations(store, r["target"]))
+        other_st = set(store.target_stations(r["target"]))
         common = reached & other_st
         if not common:
             continue

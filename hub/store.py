@@ -275,6 +275,19 @@ def m014_station_audio(db) -> None:
 CERT_WARN = timedelta(days=30)
 
 
+def target_query(target: str) -> tuple[str, list[str]]:
+    """SQL selecting the ids of the stations ``target`` names (as ``planner.targets``)."""
+    kind, _, name = target.partition(":")
+    if target == "all":
+        return "SELECT id FROM stations", []
+    if kind == "station":
+        return "SELECT id FROM stations WHERE id = ?", [name]
+    if kind == "group":
+        return ("SELECT station_id AS id FROM station_groups WHERE group_id = ? AND "
+                "station_id IN (SELECT id FROM stations)", [name])
+    raise ValueError(f"not a target: {target!r}")
+
+
 # a station's command moves forward only: a late "accepted" never hides a "done"
 COMMAND_STATES = {"targeted": 0, "accepted": 1, "started": 2, "done": 3, "failed": 3,
                   "refused": 3}
@@ -647,13 +660,29 @@ class HubStore:
                         [state, at, detail[:300], d["id"], sid])
 
     # -- commands --------------------------------------------------------------------------
-    def add_command(self, row: dict[str, Any], stations: list[str]) -> None:
-        with self.lock, write(self.db):
-            self.db["commands"].insert(row)
-            self.db.conn.executemany(  # one statement for a province's rows
-                "INSERT INTO command_targets (command_id, station_id, state, at, detail) "
-                "VALUES (?, ?, 'targeted', ?, '')",
-                [(row["id"], sid, row["issued_at"]) for sid in stations])
+    def target_stations(self, target: str) -> list[str]:
+        """The stations ``target`` names (all, group:G, station:S), in id order; none for
+        what is not a target."""
+        try:
+            sql, params = target_query(target)
+        except ValueError:
+            return []
+        return [r[0] for r in self.db.execute(f"{sql} ORDER BY 1", params).fetchall()]
+
+    def add_command(self, row: dict[str, Any]) -> int:
+        """Within the caller's transaction: the command and a ``targeted`` delivery row for
+        every station of its target, written by SQLite from the stations table (a khẩn cấp
+        alert to a province waits for this: 2,000 rows from Python took 2.7 ms). Returns
+        how many stations it targets."""
+        cols = ("id", "action", "target", "seq", "body", "raw", "issued_at", "expires_at",
+                "published_at", "by")
+        self.db.execute(f"INSERT INTO commands ({', '.join(f'[{c}]' for c in cols)}) "
+                        f"VALUES ({', '.join('?' * len(cols))})", [row[c] for c in cols])
+        sql, params = target_query(row["target"])
+        return self.db.execute(
+            "INSERT INTO command_targets (command_id, station_id, state, at, detail) "
+            f"SELECT ?, id, 'targeted', ?, '' FROM ({sql})",
+            [row["id"], row["issued_at"], *params]).rowcount
 
     def lacking(self, cid: str, sha: str) -> list[str]:
         """The stations a command targets that are not known to hold ``sha`` (none of their
@@ -668,7 +697,8 @@ class HubStore:
         key = f"cmdseq.{stream}"
         # a restored hub continues above what the lost one may have issued (hub.backup)
         n = max(int(self.setting(key, "0") or 0), int(self.setting("cmdseq.floor", "0") or 0)) + 1
-        self.db["settings"].upsert({"key": key, "value": str(n)}, pk="key")
+        self.db.execute("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) "
+                        "DO UPDATE SET value = excluded.value", [key, str(n)])
         return n
 
     def unpublished_commands(self, now: datetime) -> list[dict[str, Any]]:

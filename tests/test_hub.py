@@ -303,3 +303,17 @@ def test_a_commands_audio_goes_only_where_the_stations_reports_say_it_is_lacking
     assert alert() == [Topics().target_audio("all")]  # most lack it: once for all again
     store.set_station_key("a", "new key")  # a new device: what the old one held is unknown
     assert store.lacking(issued[-1], SHA) == ["a", "c", "d", "e", "f", "g"]
+
+
+def test_a_command_for_no_station_or_no_target_is_refused_and_issues_nothing(hub, tmp_path):
+    from hub.admin import HubError, issue_command
+    store, _ = hub
+    cfg = hubconfig.load(tmp_path / "hub")
+    for target in ("group:khong-co", "station:zz", "tinh", "all:x"):
+        with pytest.raises(HubError):
+            issue_command(cfg, store, "report", target, {}, now=NOW)
+    assert store.q("SELECT * FROM commands") == [] and store.q("SELECT * FROM command_targets") == []
+    assert store.setting("cmdseq.group:khong-co") is None  # the sequence was not used up
+    c = issue_command(cfg, store, "report", "group:g1", {}, now=NOW)
+    assert [r["station_id"] for r in store.command_targets(c["id"])] == ["a"]
+    assert c["seq"] == 1
