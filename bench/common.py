@@ -116,3 +116,12 @@ def stop_gently(procs: list[subprocess.Popen], wait_s: float = 60) -> None:
             p.wait(wait_s)
         except subprocess.TimeoutExpired:
             p.kill()
+
+
+def json_lines(path: Path) -> list[dict]:
+    """The records of a JSON-lines file another process is still appending to: whole lines
+    only (its last line may be half written; reading it failed a run once)."""
+    import json
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().split("\n")[:-1]]

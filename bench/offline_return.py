@@ -37,9 +37,8 @@ def _wait_line(log: Path, text: str, limit_s: float) -> float:
 
 
 def _events(path: Path, kind: str) -> list[dict]:
-    if not path.exists():
-        return []
-    return [d for d in map(json.loads, path.read_text().splitlines()) if d.get("event") == kind]
+    from bench.common import json_lines
+    return [d for d in json_lines(path) if d.get("event") == kind]
 
 
 def run(n: int = int(os.environ.get("LOAXA_P5_STATIONS", "2000"))) -> dict:

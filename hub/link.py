@@ -251,13 +251,12 @@ class HubLink:
         the command alone (pushing 185 KB behind it made mosquitto deliver the command to the
         median station 30 ms later, and 2,000 copies of a file they hold crossed the links).
         A station wrongly taken to hold it fetches it after ``PUSH_GRACE_S``."""
-        lacking = self.store.lacking(c["id"], sha)
-        targeted = self.store.db.execute(
-            "SELECT count(*) FROM command_targets WHERE command_id = ?", [c["id"]]).fetchone()[0]
+        lacking = self.store.lacking(c["target"], sha)
         if not lacking:
             self._count("audio.push_not_needed")
             return
-        if c["target"].startswith("station:") or len(lacking) > PUSH_EACH_UPTO * targeted:
+        if c["target"].startswith("station:") or \
+                len(lacking) > PUSH_EACH_UPTO * len(self.store.target_stations(c["target"])):
             self._push(c["target"], sha)
             return
         for sid in lacking:

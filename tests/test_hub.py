@@ -277,12 +277,10 @@ def test_a_commands_audio_goes_only_where_the_stations_reports_say_it_is_lacking
     link.link.connected.set()
     audio = {Topics().target_audio(t) for t in ("all", *(f"station:{s}" for s in "abcdefgh"))}
 
-    issued: list[str] = []
-
     def alert() -> list[str]:
         sent.clear()
-        issued.append(issue_command(cfg, store, "play", "all", play_body(
-            store.content(SHA), priority=Priority.KHAN_CAP), now=datetime.now(timezone.utc))["id"])
+        issue_command(cfg, store, "play", "all", play_body(store.content(SHA),
+                      priority=Priority.KHAN_CAP), now=datetime.now(timezone.utc))
         assert link.publish_commands() == 1
         assert sent[0] == Topics().target_command("all")
         return [t for t in sent if t in audio]
@@ -302,7 +300,8 @@ def test_a_commands_audio_goes_only_where_the_stations_reports_say_it_is_lacking
         event(sid, "audio.dropped")
     assert alert() == [Topics().target_audio("all")]  # most lack it: once for all again
     store.set_station_key("a", "new key")  # a new device: what the old one held is unknown
-    assert store.lacking(issued[-1], SHA) == ["a", "c", "d", "e", "f", "g"]
+    assert store.lacking("all", SHA) == ["a", "c", "d", "e", "f", "g"]
+    assert store.lacking("group:g2", SHA) == []  # b
 
 
 def test_a_command_for_no_station_or_no_target_is_refused_and_issues_nothing(hub, tmp_path):
