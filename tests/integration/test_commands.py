@@ -57,6 +57,15 @@ def test_play_now_reaches_every_station_and_is_reported_step_by_step(fleet):
         assert pcm(fleet.station_dir(sid) / "sink.wav") == pcm(fleet.store.content_path(c["sha"]))
     p = command_progress(fleet.store, cid, fleet.clock.now())
     assert p["started"] == p["total"] == 2 and p["settled"]
+    # both reported holding the file: the same alert again is the command alone
+    pushed = fleet.hub.counters.get("audio.chunks_pushed", 0)
+    assert pushed >= 1
+    again = fleet.give("play", "all", play_body(c, priority=Priority.KHAN_CAP))
+    for sid in fleet.ids:
+        wait_for(lambda: fleet.command_states(again)[sid] == "done", 40, f"{sid} done again")
+    assert fleet.hub.counters.get("audio.push_not_needed") == 1
+    assert fleet.hub.counters.get("audio.chunks_pushed", 0) == pushed
+    assert fleet.hub.counters.get("audio.chunks_sent", 0) == 0  # and nobody fetched it
 
 
 def test_stop_while_playing_cuts_the_sound_within_100_ms(fleet):
