@@ -23,7 +23,7 @@ from protocol import chunks
 from protocol.clock import Clock, iso, make_clock, parse_iso
 from protocol import hubkeys
 from protocol.envelope import (ACCEPTS, KeyRing, Reason, Refused, Signer, parse,
-                               public_from_text, seal, unpack, verify)
+                               public_from_text, seal, seal_encoded, unpack, verify)
 from protocol.mqtt import Inbound, MqttLink, Will
 from protocol.sdnotify import Notifier
 from protocol.storage import write
@@ -37,7 +37,7 @@ from .clocktrust import ClockTrust
 from .commands import Commands, HubTime, stream_of
 from .config import StationConfig
 from .runner import BUSY_TURN_S, Runner
-from .reports import Reports
+from .reports import Reports, encode_report
 from .store import StationStore
 from .transfer import PROGRAMME_PUSH_GRACE_S, PUSH_GRACE_S, Transfers
 from .update import Updater
@@ -675,12 +675,14 @@ class Agent:
         # (this process is its only writer)
         if not self.reports.should_read(self.store.appended, mono):
             return
-        batch = self.reports.choose(self.store.pending_events(self.cfg.report_batch), mono)
+        batch = self.reports.choose(self.store.pending_encoded(self.cfg.report_batch), mono)
         if not batch:
             return
-        body = {"events": batch, "sent_at": iso(self.clock.now()),
-                "state": self.summary(in_flight=self.reports.in_flight(batch))}
-        raw = self._seal("report", body, REPORT_TTL, batch[-1]["seq"])
+        now = self.clock.now()
+        state = self.summary(in_flight=self.reports.in_flight(batch))
+        body = encode_report(batch, iso(now), state)
+        raw = seal_encoded("report", body, signer=self.signer, seq=batch[-1]["seq"], now=now,
+                           ttl=REPORT_TTL)
         if self.link.publish(self.topics.events(self.id), raw):
             self.reports.published(batch, mono)
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from protocol.envelope import canonical, canonical_value, check_wire
+
 RETRY_MAX_S = 160.0  # the longest wait before an unacknowledged report goes again
 
 
@@ -60,3 +62,16 @@ class Reports:
         self.sent.clear()
         self.retry_s = self.start_s
         self._seen = -1
+
+
+def encode_report(events: list[dict[str, Any]], sent_at: str, state: dict[str, Any]) -> bytes:
+    """The canonical bytes of a report body ``{"events": [...], "sent_at": …, "state": …}``
+    from events whose data is already canonical JSON text (``StationStore.pending_encoded``),
+    without decoding and encoding each event again. Equal to ``canonical`` of the same body
+    (tests/test_reports.py), which is what the hub verifies the signature against."""
+    check_wire(state, "report state")
+    parts = [b'{"at":%s,"data":%s,"kind":%s,"seq":%d}' % (
+        canonical_value(e["at"]), e["json"].encode("utf-8"), canonical_value(e["kind"]),
+        int(e["seq"])) for e in events]
+    return b'{"events":[' + b",".join(parts) + b'],"sent_at":' + canonical_value(sent_at) + \
+        b',"state":' + canonical(state) + b"}"

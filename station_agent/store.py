@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol.clock import iso
-from protocol.envelope import check_wire
+from protocol.envelope import canonical, check_wire
 from protocol.storage import Migrations, open_db, write
 
 migrations = Migrations("station")
@@ -43,6 +43,16 @@ def m002_commands(db) -> None:
     db["commands"].create({"id": str, "stream": str, "seq": int, "action": str, "body": str,
                            "expires_at": str, "received_at": str, "state": str,
                            "detail": str}, pk="id")
+
+
+@migrations
+def m003_canonical_outbox(db) -> None:
+    """Queued events' data in canonical JSON (sorted keys, no spaces), as they are now
+    written: a report is put together from the stored text without decoding and
+    re-encoding every event (``pending_encoded``)."""
+    rows = db.execute("SELECT seq, data FROM outbox").fetchall()
+    db.conn.executemany("UPDATE outbox SET data = ? WHERE seq = ?",
+                        [(canonical(json.loads(d)).decode("utf-8"), s) for s, d in rows])
 
 
 class StationStore:
@@ -129,7 +139,7 @@ class StationStore:
         seq = int(self.get("next_seq", "1"))
         self.put("next_seq", seq + 1)
         self.db.execute("INSERT INTO outbox(seq, kind, at, data) VALUES (?, ?, ?, ?)",
-                        [seq, kind, iso(at), json.dumps(data, ensure_ascii=False)])
+                        [seq, kind, iso(at), canonical(data).decode("utf-8")])
         return seq
 
     def event(self, kind: str, data: dict[str, Any], at: datetime) -> int:
@@ -140,6 +150,14 @@ class StationStore:
         rows = self.db.execute("SELECT seq, kind, at, data FROM outbox ORDER BY seq LIMIT ?",
                                [limit]).fetchall()
         return [{"seq": s, "kind": k, "at": a, "data": json.loads(d)} for s, k, a, d in rows]
+
+    def pending_encoded(self, limit: int = 100) -> list[dict[str, Any]]:
+        """``pending_events`` with each event's data as the canonical JSON text it is stored
+        in (``json``), for ``reports.encode_report``: a reconnect storm's 100-event reports
+        were decoded and encoded again event by event."""
+        rows = self.db.execute("SELECT seq, kind, at, data FROM outbox ORDER BY seq LIMIT ?",
+                               [limit]).fetchall()
+        return [{"seq": s, "kind": k, "at": a, "json": d} for s, k, a, d in rows]
 
     def outbox_size(self) -> int:
         return self.db.execute("SELECT count(*) FROM outbox").fetchone()[0]
