@@ -52,6 +52,36 @@ def test_forged_signature(hub, ring):
     assert refused(canonical(doc), ring) is Reason.BAD_SIGNATURE
 
 
+def test_a_message_as_sealed_is_checked_over_its_own_bytes_not_encoded_again(hub, ring,
+                                                                              monkeypatch):
+    from protocol import envelope
+    raw = sealed(hub, {"station": "A", "items": [{"n": i, "t": "Tiếng \"Việt\""}
+                                                for i in range(50)]})
+
+    def not_again(obj):
+        raise AssertionError("encoded again")
+    monkeypatch.setattr(envelope, "canonical", not_again)
+    assert verify(raw, ring, now=NOW).body["items"][49]["t"] == 'Tiếng "Việt"'
+
+
+def test_a_message_laid_out_otherwise_still_verifies_by_its_canonical_form(hub, ring):
+    raw = json.dumps(json.loads(sealed(hub)), indent=1, ensure_ascii=True).encode()
+    assert verify(raw, ring, now=NOW).body["note"] == "Thông báo khẩn cấp"
+
+
+def test_a_second_sig_member_in_the_body_does_not_make_a_forgery_pass(hub, ring):
+    """The signed bytes are found by cutting the last ``,"sig":"…"`` out: a body that carries
+    one too is a changed body, refused."""
+    doc = json.loads(sealed(hub))
+    doc["body"]["z"] = {"a": 1, "sig": doc["sig"]}
+    raw = canonical(doc)
+    assert raw.count(b',"sig":"' + doc["sig"].encode() + b'"') == 2
+    assert refused(raw, ring) is Reason.BAD_SIGNATURE
+    doc = json.loads(sealed(hub))
+    tampered = canonical(doc).replace(b'"v":1', b'"v":1,"sig2":0')  # an added member
+    assert refused(tampered, ring) is Reason.MALFORMED
+
+
 def test_signed_by_another_key_claiming_the_hubs_id(hub, ring):
     mallory = Signer.generate("hub")
     doc = json.loads(sealed(mallory))
