@@ -63,7 +63,6 @@ def drive(runner, clock, until, timeout=15):
 
 
 def test_sequence_order_and_delays_from_pin_history(rig):
-    import time
     store, board, runner, clock, clip, _ = rig
     runner.selftest_at = None  # only the scheduled item here
     body = {"station": "s", "version": 1, "content": {clip.sha256: {}}, "quiet_hours": None,
@@ -73,12 +72,15 @@ def test_sequence_order_and_delays_from_pin_history(rig):
     eq = board.equipment
     pins = {"relay": eq.relay_pin, "pg": eq.pg_pin, "zone1": eq.zone_pins[0],
             "zone2": eq.zone_pins[1]}
-    t_clear = time.monotonic()
-    for p in pins.values():
+    t_clear = {}
+    for n, p in pins.items():
         p.clear_states()
+        # each pin's history counts from its own clearing (the mock's monotonic instant):
+        # one start for all put power-good's drop, microseconds after the relay's, before it
+        t_clear[n] = p._last_change
     drive(runner, clock, lambda: store.play_state("a@20300101T010000Z") == "played"
           and not board.amp_relay_on)
-    tl = {n: timeline(p, t_clear) for n, p in pins.items()}
+    tl = {n: timeline(p, t_clear[n]) for n, p in pins.items()}
     assert [s for _, s in tl["relay"]] == [True, False]
     assert [s for _, s in tl["pg"]] == [True, False]
     assert [s for _, s in tl["zone1"]] == [True, False] == [s for _, s in tl["zone2"]]
