@@ -59,13 +59,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def bench_env() -> dict:
     """The environment of the processes a benchmark starts: this checkout, warnings only."""
-    import os
     return dict(os.environ, PYTHONPATH=str(ROOT), LOAXA_LOG="WARNING")
 
 
 def serve_hub(home: Path, log: Path) -> subprocess.Popen:
     """`loaxa hub serve` on ``home`` as its own process."""
-    import sys
     return subprocess.Popen([sys.executable, "-m", "deploy.cli", "hub", "--home", str(home),
                              "serve"], stdout=open(log, "w"), stderr=subprocess.STDOUT,
                             env=bench_env(), cwd=ROOT)
@@ -74,7 +72,6 @@ def serve_hub(home: Path, log: Path) -> subprocess.Popen:
 def sim_fleet(n: int, home: Path, root: Path, events: Path, log: Path) -> subprocess.Popen:
     """`loaxa sim fleet` of ``n`` stations under ``root``, recording starts and stored files
     in ``events``."""
-    import sys
     return subprocess.Popen([sys.executable, "-m", "deploy.cli", "sim", "fleet", "--stations",
                              str(n), "--hub-home", str(home), "--root", str(root), "--starts",
                              str(events), "--play-s", "1"], stdout=open(log, "w"),

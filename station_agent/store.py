@@ -147,9 +147,9 @@ class StationStore:
             return self._event(kind, data, at)
 
     def pending_events(self, limit: int = 100) -> list[dict[str, Any]]:
-        rows = self.db.execute("SELECT seq, kind, at, data FROM outbox ORDER BY seq LIMIT ?",
-                               [limit]).fetchall()
-        return [{"seq": s, "kind": k, "at": a, "data": json.loads(d)} for s, k, a, d in rows]
+        """The oldest ``limit`` events of the outbox, their data decoded."""
+        return [{"seq": e["seq"], "kind": e["kind"], "at": e["at"], "data": json.loads(e["json"])}
+                for e in self.pending_encoded(limit)]
 
     def pending_encoded(self, limit: int = 100) -> list[dict[str, Any]]:
         """``pending_events`` with each event's data as the canonical JSON text it is stored
