@@ -6,12 +6,10 @@ else happens on the agent's own thread in ``step()``, so the store is used from 
 from __future__ import annotations
 
 import collections
-import errno
 import json
 import logging
 import os
 import queue
-import shutil
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -19,7 +17,6 @@ from typing import Any, Callable
 
 from hardware import Wiring, open_board
 from audio import AlsaPlayer, AudioError, check_device
-from protocol import chunks
 from protocol.clock import Clock, iso, make_clock, parse_iso
 from protocol import hubkeys
 from protocol.envelope import (ACCEPTS, KeyRing, Reason, Refused, Signer, parse,
@@ -28,18 +25,21 @@ from protocol.mqtt import Inbound, MqttLink, Will
 from protocol.sdnotify import Notifier
 from protocol.storage import write
 from protocol.topics import Topics
-from schedules import Item, occurrences
+from schedules import occurrences
 
-from . import controls
 from . import health as probes
 from . import presence
+from .alarms import Alarms, recheck_after_restart
 from .clocktrust import ClockTrust
 from .commands import Commands, HubTime, stream_of
 from .config import StationConfig
 from .runner import BUSY_TURN_S, Runner
 from .reports import Reports, encode_report
+from .intake import Intake
+from .panel import Panel
+from .status_file import Outlook, StatusFile
 from .store import StationStore
-from .transfer import PROGRAMME_PUSH_GRACE_S, PUSH_GRACE_S, Transfers
+from .transfer import Transfers
 from .update import Updater
 
 log = logging.getLogger("loaxa.agent")
@@ -48,15 +48,8 @@ REPORT_TTL = timedelta(days=30)
 TRUST_SAVE_EVERY_S = 60.0
 TIME_ASK_EVERY_S = 10.0     # while the clock is not trusted
 TIME_CHECK_EVERY_S = 60.0   # while it is
-LINK_GRACE_S = 30.0         # a link not up this long after start is an alarm (not at once)
 REFUSAL_REPORT_EVERY_S = 10.0  # a flood of one refusal is counted in full, reported sparingly
 SWITCH_CLEAR_S = 120         # an update switches only with no scheduled start this close
-NEXT_EVERY_S = 10.0         # how often the status file's "what plays next" is worked out
-# alarms the agent raises itself (health.* come from probes): 2 = fault, 1 = degraded
-ALARM_SEVERITY = {"clock": 2, "audio_device": 2, "audio_corrupt": 2, "amplifier": 2, "relay": 2,
-                  "disk_full": 2, "no_sound": 2, "emergency_message": 1}
-SIM_FAULTS = "sim-faults.json"   # `loaxa agent fault` writes it; simulated boards only
-ACTIONS_DIR = "actions"          # the station console's actions (station_agent/console.py)
 _CONNECTED = Inbound("$local/connected", b"", False)
 IDLE_WAKE_S = 1.0  # the longest an idle agent sleeps (P3: 50 ms polling cost 3.8 % of a core)
 TRIM_EVERY_S = 60.0  # an idle agent hands freed memory back to the system this often
@@ -93,12 +86,12 @@ class Agent:
         """``loop``: a ``protocol.mqtt.SharedLoop`` driving this station's link (the simulated
         fleet runs many stations on one thread); ``status_file``: write data/status.json."""
         self.cfg = cfg
-        self._status_file = status_file
-        self._alarm_cache: dict[str, str] | None = None
         self.id = cfg.station_id
         self.clock = clock or make_clock(cfg.clock)
         self.topics = Topics(cfg.prefix)
         self.store = StationStore(cfg.data_dir)
+        self.alarm_book = Alarms(self.store, self.clock)
+        self.alarm = self.alarm_book.set
         self.signer = Signer.load(cfg.station_key, f"station:{self.id}").cached()  # kid once
         self.hub_keys = self._load_hub_keys()
         self._parked: collections.deque = collections.deque(maxlen=20)  # signed by a key
@@ -120,29 +113,38 @@ class Agent:
                               *(self.topics.target_audio(f"group:{g}") for g in cfg.groups)}
         self.commands = Commands(store=self.store, runner=self.runner, clock=self.clock,
                                  player=self.player, report_now=lambda: self.report_now(),
-                                 expect_push=lambda sha, size: self.expect_push(sha, size))
-        self._stop_event: threading.Event | None = None
-        self.updater = Updater(cfg=cfg, store=self.store, clock=self.clock, runner=self.runner,
-                               commands=self.commands,
-                               connected=lambda: self.link.connected.is_set(),
-                               bundle_ok=self._bundle_verifies,
-                               expect_push=lambda sha, size: self.expect_push(sha, size),
-                               exit_for_switch=self._exit_for_switch,
-                               air_free=self._air_free_for_switch)
-        self.commands.on_update = self.updater.begin
+                                 expect_push=lambda sha, size: self.intake.expect_push(sha, size))
         self.link = MqttLink(
             client_id=f"station-{self.id}", broker=cfg.broker,
             subscriptions=self.topics.station_subscriptions(self.id, cfg.groups),
             will=self._will, bdseq_epoch=self.store.next_bdseq_epoch(),
             on_connected=lambda bdseq: self.link.inbox.put(_CONNECTED), loop=loop,
         )
+        connected = self.link.connected.is_set
         self.reports = Reports(cfg.report_retry_s)  # what of the outbox goes, and when
         self.transfers = Transfers(self.cfg.fetch_retry_s)  # audio on its way
+        self.intake = Intake(station_id=self.id, store=self.store, clock=self.clock,
+                             transfers=self.transfers, commands=self.commands,
+                             alarms=self.alarm_book, keys=lambda: self.hub_keys,
+                             connected=connected, ask=self._ask_fetch, saw_hub=self._saw_hub,
+                             min_free_bytes=cfg.min_free_bytes)
+        self._stop_event: threading.Event | None = None
+        self.updater = Updater(cfg=cfg, store=self.store, clock=self.clock, runner=self.runner,
+                               commands=self.commands, connected=connected,
+                               bundle_ok=self.intake.bundle_verifies,
+                               expect_push=lambda sha, size: self.intake.expect_push(sha, size),
+                               exit_for_switch=self._exit_for_switch,
+                               air_free=self._air_free_for_switch)
+        self.commands.on_update = self.updater.begin
+        self.panel = Panel(board=self.board, store=self.store, clock=self.clock,
+                           runner=self.runner, commands=self.commands, alarms=self.alarm_book,
+                           live_mic_timeout_s=cfg.live_mic_timeout_s, connected=connected,
+                           health=self.health_status)
         self._wake = threading.Event()
         self._command_taken = False  # a command was accepted: the runner ticks at once
-        self._status_path = Path(cfg.data_dir) / "status.json"
-        self._last_status: dict[str, Any] | None = None
-        self._last_status_mono = -1e9
+        self.status_file = StatusFile(Path(cfg.data_dir) / "status.json", self.clock) \
+            if status_file else None
+        self.outlook = Outlook(self.store, self.runner, self.clock)
         self.trust = ClockTrust(max_step_s=cfg.clock_max_step_s,
                                 max_hub_skew_s=cfg.clock_max_skew_s)
         self._trust_saved = -1e9
@@ -152,21 +154,14 @@ class Agent:
         self.health = probes.HealthModel(
             debounce=2, on_change=lambda name, status, detail: self.alarm(
                 f"health.{name}", status in ("degraded", "fault"), detail),
-            held={code[7:] for code in self.alarms() if code.startswith("health.")})
+            held={code[7:] for code in self.alarm_book.held() if code.startswith("health.")})
         self.modem = probes.ModemProbe()
         self._started_mono = self.clock.monotonic()
         self._ever_connected = False
         self._refusals_reported: dict[tuple[str, str], float] = {}
-        self._next: tuple[float, dict[str, Any] | None] = (-1e9, None)
-        self._next_version: int | None = None
         self._health_at = -1e9
         self.heartbeats = presence.Heartbeats()
-        self._faults_seen: bytes | None = None
-        self._faults_read = -1e9
-        self._actions_read = -1e9
-        self._faults_logged = False
         self._light_flush = -1e9
-        self._presses_seen: dict[str, int] = {}
 
     def _load_hub_keys(self) -> KeyRing:
         """The hub keys this station trusts: the one its enrolment names, and those learnt
@@ -207,42 +202,25 @@ class Agent:
         change = self.trust.start(now, mono, parse_iso(last) if last else None)
         self.store.event("agent.started", {"interrupted": interrupted,
                                            "clock": iso(now)}, now)
-        if change is None and "clock" in self._held_alarms():
+        if change is None and "clock" in self.alarm_book.held():
             # untrusted before the restart, and a restart does not set a clock: ask the hub
             change = self.trust.distrust("untrusted before the restart; waiting for the hub's "
                                          "time")
         if change:
             self._clock_changed(change)
-        self._reevaluate_alarms()
+        recheck_after_restart(self.alarm_book, store=self.store,
+                              min_free_bytes=self.cfg.min_free_bytes,
+                              device_ok=self._device_ok if isinstance(self.player, AlsaPlayer)
+                              else None, selftest=self.runner.selftest_now)
         self.link.start()
 
-    def _reevaluate_alarms(self) -> None:
-        """Every alarm held from before a restart is judged again: a condition that went away
-        while the agent was down is cleared now, not never. Health probes clear through their
-        first reading (``held``), the clock through the hub's time, the rest here; only
-        ``no_sound`` waits for the next play (it needs sound to judge)."""
-        held = self.alarms()
-        if "disk_full" in held:
-            free = shutil.disk_usage(self.store.audio_dir).free
-            if free >= self.cfg.min_free_bytes:
-                self.alarm("disk_full", False, f"{free // 2**20} MiB free")
-        if "emergency_message" in held:
-            active = self.store.active_bundle()
-            sha = (active[1] if active else {}).get("emergency")
-            if sha and self.store.has_audio(sha):
-                self.alarm("emergency_message", False, "")
-        if "audio_device" in held and isinstance(self.player, AlsaPlayer):
-            try:  # opens the device as a play would (20 ms of silence)
-                check_device(self.cfg.audio_device, alsa_config=self.cfg.alsa_config)
-            except AudioError as exc:
-                log.warning("audio device still failing: %s", exc)
-            else:
-                self.alarm("audio_device", False, "the device opens again")
-        if "audio_corrupt" in held:
-            self.alarm("audio_corrupt", False, "")  # the corrupt file was dropped and refetched
-        if {"amplifier", "relay"} & set(held):
-            # relays and amplifier are judged again by the silent self-test, now
-            self.runner.selftest_now("re-check after restart")
+    def _device_ok(self) -> str | None:
+        """None if the audio device opens as a play would (20 ms of silence), else why not."""
+        try:
+            check_device(self.cfg.audio_device, alsa_config=self.cfg.alsa_config)
+        except AudioError as exc:
+            return str(exc)
+        return None
 
     def stop(self) -> None:
         self.settle()  # what started is recorded before the runner ends it
@@ -318,13 +296,12 @@ class Agent:
         # each phase on its own: a bug in one (logged, counted) never stops the others,
         # above all never the runner
         if light:  # reports: flush_due(), after the fleet has stepped every busy station
-            phases = [tick, self._request_audio] if self.transfers.active else [tick]
+            phases = [tick, self.intake.request_audio] if self.transfers.active else [tick]
         else:
-            phases = [self._sim_faults, self._buttons, self._console_actions, self._try_activate,
-                      tick,
-                      self._request_audio, self._flush_reports, self.updater.step,
-                      self._sample_health,
-                      self._heartbeat, self._leds, self._write_status]
+            p = self.panel
+            phases = [p.sim_faults, p.buttons, p.console_actions, self.intake.try_activate,
+                      tick, self.intake.request_audio, self._flush_reports, self.updater.step,
+                      self._sample_health, self._heartbeat, p.leds, self._write_status]
         if settle:
             phases.append(self.settle)
         for phase in phases:
@@ -366,19 +343,6 @@ class Agent:
             items, now - timedelta(seconds=60), now + timedelta(seconds=SWITCH_CLEAR_S),
             quiet=quiet))
 
-    def _bundle_verifies(self) -> tuple[bool, str]:
-        """For an update's health check: the held bundle verified again by this version's
-        code and keys, and what was found."""
-        held = self.store.held_bundle()
-        if not held:
-            return True, "no bundle held yet"
-        raw = self.store.bundle_raw(held[0])
-        try:
-            env = verify(raw, self.hub_keys, now=None, kind="bundle")
-        except Refused as r:
-            return False, f"bundle {held[0]}: {r}"
-        return True, f"bundle {env.seq} verified"
-
     # -- health, heartbeat, local controls ------------------------------------------------
     def _sample_health(self) -> None:
         mono = self.clock.monotonic()
@@ -387,7 +351,11 @@ class Agent:
         self._health_at = mono
         b = self.board
         found = [*probes.power(b), probes.cpu_temperature(), probes.disk(self.store.dir),
-                 probes.memory(), self._link_probe(mono)]
+                 probes.memory(),
+                 probes.link(self.link.connected.is_set(), self.link.failure,
+                             ever_connected=self._ever_connected,
+                             since_start_s=mono - self._started_mono, rtt_ms=self.link_rtt_ms)]
+        self._ever_connected = self._ever_connected or self.link.connected.is_set()
         if self.runner.current is None and self.runner.live_mic_until is None:
             found += [probes.relays(b), probes.amplifier(b)]  # they mean something only at rest
         m = self.modem.latest()  # never waits for mmcli (up to 5 s on a 4G station)
@@ -421,39 +389,16 @@ class Agent:
     @property
     def receiving(self) -> bool:
         """Audio on its way (pushed or fetched)."""
-        return self.transfers.active
+        return self.intake.receiving
 
     def request_due_at(self) -> float:
-        """The monotonic instant ``_request_audio`` next has something to ask (a push that
-        stopped, a fetch to retry); infinity when no audio is on its way."""
-        return self.transfers.due_at()
+        return self.intake.request_due_at()
 
     def health_status(self) -> str:
         """ok / degraded / fault: the worst of the probes and the alarms the agent raises
         itself, so the status never says more than the alarms explain."""
-        worst = probes.ORDER[self.health.status]
-        for code in self._held_alarms():
-            if not code.startswith("health."):
-                worst = max(worst, ALARM_SEVERITY.get(code, 1))
+        worst = self.alarm_book.worst(probes.ORDER[self.health.status])
         return {0: "ok", 1: "degraded", 2: "fault"}[worst]
-
-    def _link_probe(self, mono: float) -> probes.Probe:
-        """The link, with the reason it is down; unknown in the first seconds after a start,
-        so a station that is still connecting raises no alarm."""
-        if self.link.connected.is_set():
-            self._ever_connected = True
-            f = self.link.failure
-            if f is not None and f.cause == "not_authorised":
-                return probes.Probe("link", "degraded", f.cause, str(f))
-            return probes.Probe("link", "ok", self.link_rtt_ms)
-        f = self.link.failure
-        transient = f is None or f.cause in ("unreachable", "lost", "refused")
-        if not self._ever_connected and transient and mono - self._started_mono < LINK_GRACE_S:
-            # a network that comes up after the agent (4G at boot) is not an alarm; a
-            # definite cause (TLS, certificate, ACL) will not go away by waiting
-            return probes.Probe("link", "unknown", None, "connecting")
-        return probes.Probe("link", "degraded", f.cause if f else None,
-                            str(f) if f else "no broker connection")
 
     def _heightened(self) -> dict:
         """The heightened period in force now, from the active programme, or {}."""
@@ -474,136 +419,9 @@ class Agent:
         self.link.publish(self.topics.health(self.id),
                           self._seal("heartbeat", body, timedelta(minutes=10)))
 
-    def _leds(self) -> None:
-        b, st, r = self.board, self.health_status(), self.runner
-        b.led("link", "on" if self.link.connected.is_set() else "blink")
-        b.led("health", {"ok": "on", "degraded": "blink"}.get(st, "off"))
-        # on air: steady while something plays or the microphone is live; blinking while a
-        # khẩn cấp message has taken the air from the operator's microphone
-        b.led("on_air", "blink" if r.mic_preempted else
-              "on" if r.current is not None or r.live_mic_until is not None else "off")
-
-    def _buttons(self) -> None:
-        while True:
-            try:
-                name, pressed = self.board.presses.get_nowait()
-            except Exception:
-                return
-            self._press(name, pressed, "button")
-
-    def _console_actions(self) -> None:
-        """Actions from the station's own web console (`loaxa agent console`): files it drops
-        in ``data/actions/``, applied in order and recorded and reported like a press of the
-        button they stand for (``source``: console), then removed."""
-        mono = self.clock.monotonic()
-        if mono - self._actions_read < 0.25:
-            return
-        self._actions_read = mono
-        folder = self.store.dir / ACTIONS_DIR
-        try:
-            names = sorted(n for n in os.listdir(folder) if n.endswith(".json"))
-        except FileNotFoundError:
-            return
-        for name in names:
-            path = folder / name
-            try:
-                a = controls.console_action(json.loads(path.read_text()))
-                if a.kind == "volume":
-                    self.commands.set_volume(a.level)
-                    self.store.event("button", {"button": "volume", "pressed": True,
-                                                "level": a.level, "source": "console",
-                                                "by": a.by}, self.clock.now())
-                else:
-                    self._press(a.kind, True, "console", a.by)
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                log.warning("console action %s refused: %s", name, exc)
-                self.store.bump("refused.console_action")
-            path.unlink(missing_ok=True)
-
-    def _press(self, name: str, pressed: bool, source: str, by: str = "") -> None:
-        now = self.clock.now()
-        data = {"button": name, "pressed": pressed}
-        if source != "button":
-            data.update(source=source, by=by)
-        self.store.event("button", data, now)
-        held = self._emergency_held() if pressed and name == "emergency" else None
-        e = controls.press(name, pressed, source, held)
-        if e.kind == "stop":
-            self.runner.stop(e.reason)
-        elif e.kind == "emergency":
-            self.runner.play_now(e.sha, e.reason)
-        elif e.kind == "no_message":
-            self.alarm("emergency_message", True, e.reason)
-        elif e.kind == "live_mic":
-            self.runner.toggle_live_mic(self.cfg.live_mic_timeout_s)
-
-    def _emergency_held(self) -> str | None:
-        """The active programme's emergency message, if the station holds it (it is
-        hash-checked again before it goes on air)."""
-        active = self.store.active_bundle()
-        sha = (active[1] if active else {}).get("emergency")
-        return sha if sha and self.store.has_audio(sha) else None
-
-    def _sim_faults(self) -> None:
-        """A running simulated station takes the faults `loaxa agent fault` writes."""
-        eq = getattr(self.board, "equipment", None)
-        mono = self.clock.monotonic()
-        if eq is None or mono - self._faults_read < 0.25:
-            return
-        self._faults_read = mono
-        path = self.store.dir / SIM_FAULTS
-        try:
-            raw = path.read_bytes()  # a few bytes; each write carries a new counter
-        except FileNotFoundError:
-            raw = b""
-        if raw == self._faults_seen:
-            return
-        self._faults_seen = raw
-        from hardware import Fault
-        state = json.loads(raw) if raw else {}
-        names = state.get("faults", [])
-        eq.set_faults({Fault(n) for n in names})
-        for button, count in (state.get("presses") or {}).items():  # cumulative counts
-            for _ in range(int(count) - self._presses_seen.get(button, 0)):
-                eq.press(button, True)
-                eq.press(button, False)
-            self._presses_seen[button] = int(count)
-        if names or self._faults_logged:
-            log.warning("simulated faults now: %s", sorted(names) or "none")
-        self._faults_logged = bool(names)
-
     # -- alarms and clock ------------------------------------------------------------------
-    def alarm(self, code: str, active: bool, detail: str = "") -> None:
-        """Raise or clear an alarm: once per transition, as an event, remembered across
-        restarts so every birth and report says which alarms stand."""
-        key = f"alarm.{code}"
-        held = self._held_alarms()
-        if (code in held) == active:
-            return
-        now = self.clock.now()
-        with write(self.store.db):
-            if active:
-                self.store.put(key, detail)
-            else:
-                self.store.db.execute("DELETE FROM meta WHERE key = ?", [key])
-            self.store.event("alarm", {"code": code, "active": active, "detail": detail}, now)
-        if active:
-            held[code] = detail
-        else:
-            held.pop(code, None)
-        (log.warning if active else log.info)("alarm %s %s: %s", code,
-                                              "raised" if active else "cleared", detail)
-
-    def _held_alarms(self) -> dict[str, str]:
-        """The alarms that stand, read from the store once and kept in step by ``alarm``,
-        their only writer (they are asked for several times a step)."""
-        if self._alarm_cache is None:
-            rows = self.store.db.execute("SELECT key, value FROM meta WHERE key LIKE 'alarm.%'")
-            self._alarm_cache = {k[6:]: v for k, v in rows.fetchall()}
-        return self._alarm_cache
-
     def alarms(self) -> dict[str, str]:
-        return dict(self._held_alarms())
+        return self.alarm_book.copy()
 
     def _clock_changed(self, change) -> None:
         self.alarm("clock", not change.trusted, change.detail)
@@ -622,6 +440,11 @@ class Agent:
     # -- outgoing --------------------------------------------------------------------------
     def _seal(self, kind: str, body: dict, ttl: timedelta, seq: int = 0) -> bytes:
         return seal(kind, body, signer=self.signer, seq=seq, now=self.clock.now(), ttl=ttl)
+
+    def _ask_fetch(self, body: dict) -> bool:
+        """A window of audio asked for (``intake``); True if it went out."""
+        return self.link.publish(self.topics.fetch(self.id),
+                                 self._seal("fetch", body, timedelta(minutes=10)))
 
     def _will(self, bdseq: int) -> Will:
         return Will(self.topics.state(self.id),
@@ -686,62 +509,6 @@ class Agent:
         if self.link.publish(self.topics.events(self.id), raw):
             self.reports.published(batch, mono)
 
-    def _wanted_content(self) -> dict[str, Any]:
-        """Audio the station should hold, by SHA-256, with the size the signed bundle states:
-        the pending programme's, else the active one's (a file dropped as corrupt is fetched
-        again)."""
-        b = self.store.pending_bundle() or self.store.active_bundle()
-        return {**self.commands.wanted(), **(b[1].get("content", {}) if b else {})}
-
-    def _wanted_meta(self, sha: str) -> dict[str, Any] | None:
-        """``_wanted_content().get(sha)`` without building the whole map (asked per chunk)."""
-        meta = self.commands.wanted_meta(sha)
-        for b in (self.store.pending_bundle(), self.store.active_bundle()):
-            if b is not None:
-                return b[1].get("content", {}).get(sha, meta)
-        return meta
-
-    def expect_push(self, sha: str, size: int, grace_s: float = PUSH_GRACE_S) -> None:
-        """Audio the hub pushes with a command or a programme (once, to all of its targets): take its
-        chunks as they come and ask for it ourselves only if they stop coming."""
-        if not self.store.has_audio(sha):
-            self.transfers.expect_push(sha, size, self.clock.monotonic(), grace_s)
-
-    def _request_audio(self) -> None:
-        if not self.link.connected.is_set():
-            return
-        mono = self.clock.monotonic()
-        if not self.transfers.look(mono):
-            return
-        content = self._wanted_content()
-        if not content:
-            return
-        missing = self.store.missing_audio(list(content))
-        need = sum(int(content[s].get("size") or 0) - self.store.part_size(s) for s in missing)
-        if missing and not self._room_for(need):
-            return
-        for sha in self.transfers.to_ask(missing, mono):
-            self._ask_window(sha, mono)
-
-    def _room_for(self, need: int) -> bool:
-        """Whether ``need`` more bytes of audio leave the free-space reserve; if not, the
-        disk_full alarm (cleared when there is room again)."""
-        free = shutil.disk_usage(self.store.audio_dir).free
-        if free - need < self.cfg.min_free_bytes:
-            self.alarm("disk_full", True, f"{free // 2**20} MiB free, {need // 2**20} MiB of "
-                       f"audio wanted, {self.cfg.min_free_bytes // 2**20} MiB kept in reserve")
-            return False
-        if "disk_full" in self._held_alarms():
-            self.alarm("disk_full", False, f"{free // 2**20} MiB free")
-        return True
-
-    def _ask_window(self, sha: str, mono: float) -> None:
-        offset = self.store.part_size(sha)
-        raw = self._seal("fetch", {"sha": sha, "offset": offset,
-                                   "length": self.transfers.window}, timedelta(minutes=10))
-        if self.link.publish(self.topics.fetch(self.id), raw):
-            self.transfers.asked(sha, offset, mono)
-
     # -- incoming --------------------------------------------------------------------------
     def handle(self, msg: Inbound) -> None:
         if msg is _CONNECTED:
@@ -754,9 +521,9 @@ class Agent:
                     self._on_hubkey(msg.payload)
                 return
             if msg.topic == t.bundle(self.id):
-                self._on_bundle(unpack(msg.payload), retained=msg.retain)
+                self.intake.on_bundle(unpack(msg.payload), retained=msg.retain)
             elif msg.topic in self._audio_topics:
-                self._on_chunk(msg.payload)
+                self.intake.on_chunk(msg.payload)
             elif msg.topic == t.ack(self.id):
                 # acks are idempotent and time replies carry our nonce: neither is judged
                 # by our own clock, which may be the very thing that is wrong
@@ -841,154 +608,23 @@ class Agent:
         self.store.event("refused", {"reason": r.reason.value, "detail": r.detail[:300],
                                      "topic": topic, "count": n}, self.clock.now())
 
-    def _on_bundle(self, raw: bytes, retained: bool = False) -> None:
-        held = self.store.held_bundle()
-        env = verify(raw, self.hub_keys, now=self.clock.now(), kind="bundle",
-                     min_seq=held[0] if held else None)
-        if held and env.seq == held[0]:
-            if env.id == held[1]:
-                return  # the same bundle delivered again (retained, reconnect): nothing to do
-            raise Refused(Reason.REPLAYED, f"a different bundle with held version {env.seq}")
-        body = env.body
-        if body.get("station") != self.id or body.get("version") != env.seq:
-            raise Refused(Reason.MALFORMED, "bundle is for another station or version")
-        content = body.get("content")
-        if not isinstance(content, dict) or not all(
-                isinstance(k, str) and chunks.SHA_RE.match(k) for k in content):
-            raise Refused(Reason.MALFORMED, "bundle content map is not by SHA-256")
-        try:
-            items = [Item.from_wire(d) for d in body.get("items", [])]
-        except ValueError as exc:
-            raise Refused(Reason.MALFORMED, str(exc)) from None
-        if any(i.content not in content for i in items):
-            raise Refused(Reason.MALFORMED, "an item names audio the bundle does not list")
-        self._saw_hub(env.iat)
-        self.store.save_bundle(env.seq, env.id, raw, body, self.clock.now())
-        log.info("bundle %d stored (%d items)", env.seq, len(items))
-        # the hub sends these once to all that need them, right after the bundles; a bundle
-        # delivered from the broker's retained store (on connecting) came after its push
-        for sha, meta in content.items():
-            if not retained and isinstance(meta, dict) and meta.get("push"):
-                self.expect_push(sha, int(meta.get("size") or 0), PROGRAMME_PUSH_GRACE_S)
-        self.transfers.look_now()  # what else it lacks is asked for at once
-        self._try_activate()
-
-    def _try_activate(self) -> None:
-        version = self.store.activate_if_complete(self.clock.now())
-        if version is not None:
-            log.info("bundle %d active", version)
-
-    def _on_chunk(self, raw: bytes) -> None:
-        self.store.bump("audio.bytes_received", len(raw), lazy=True)
-        c = chunks.decode(raw, verify=False)  # raises Refused on a malformed chunk
-        # bound to the signed bundle or command: only audio it names, of the size it states
-        meta = self._wanted_meta(c.sha)
-        if meta is None:  # not stored, so it costs nothing: audio this station already has,
-            self.store.bump("ignored.chunk_unwanted", lazy=True)  # or an old programme's
-            return
-        size = int(meta.get("size") or 0)
-        if c.total != size:
-            raise Refused(Reason.BAD_AUDIO, f"chunk of {c.sha[:12]} claims {c.total} bytes; "
-                          f"the signed programme says {size}")
-        if not self.transfers.expects(c.sha) or self.store.has_audio(c.sha):
-            self.store.bump("ignored.chunk", lazy=True)
-            return
-        have = self.store.part_size(c.sha)
-        if self.transfers.chunk(c.sha, c.offset, have) != "take":  # a gap is asked for again
-            self.store.bump("ignored.chunk", lazy=True)
-            return
-        if have == 0 and not self._room_for(c.total):
-            # a pushed file is not asked for, so the reserve is checked as it starts
-            self.store.bump("ignored.chunk_disk_full", lazy=True)
-            return
-        whole = c.offset == 0 and len(c.data) == c.total
-        if not whole:  # a whole file in one chunk is checked once, against its own name
-            chunks.check(raw, c)  # corrupt data: refused (bad_audio)
-        try:
-            size = self.store.append_part(c.sha, c.data)
-        except OSError as exc:
-            if exc.errno != errno.ENOSPC:
-                raise
-            self.store.discard_part(c.sha)
-            self.transfers.done(c.sha)
-            self.alarm("disk_full", True, f"no space left while storing {c.sha[:12]}")
-            return
-        mono = self.clock.monotonic()
-        if self.transfers.appended(c.sha, size, c.total, mono):
-            self._ask_window(c.sha, mono)
-        if size < c.total:
-            return
-        digest = self.store.part_digest(c.sha)
-        if digest != c.sha:
-            self.store.discard_part(c.sha)
-            raise Refused(Reason.BAD_AUDIO, f"audio {c.sha[:12]} arrived with hash {digest[:12]}")
-        activated = self.store.keep_audio(c.sha, self.clock.now(), hashed=True)
-        if activated is not None:
-            log.info("bundle %d active", activated)
-        if "audio_corrupt" in self._held_alarms():
-            self.alarm("audio_corrupt", False, f"audio {c.sha[:12]} fetched again")
-        self.transfers.done(c.sha)
-
     # -- local status (read by the demo and the local console) ----------------------------
     def _write_status(self) -> None:
-        mono = self.clock.monotonic()
-        if not self._status_file or mono - self._last_status_mono < 0.2:
+        if self.status_file is None or not self.status_file.due():
             return
-        self._last_status_mono = mono
         summary = self.summary()
         summary.pop("clock")  # changes every call; the file says "at"
         f = self.link.failure
-        st = {"station": self.id, "connected": self.link.connected.is_set(), **summary,
-              "link_failure": {"cause": f.cause, "detail": f.detail} if f else None,
-              "audio_missing": len(summary["missing"]), "counters": self.store.counters(),
-              "health": self.health_status(), "probes": self.health.summary(),
-              **self._outlook(mono),
-              "leds": {n: self.board.led_state(n) for n in ("link", "health", "on_air")},
-              "volume": round(getattr(self.player, "volume", 1.0) * 100),
-              **self.runner.status()}
-        if st != self._last_status:
-            tmp = self._status_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({**st, "pid": os.getpid(), "at": iso(self.clock.now())}))
-            os.replace(tmp, self._status_path)
-            self._last_status = st
-
-    def _outlook(self, mono: float) -> dict[str, Any]:
-        """What plays next, and why nothing plays now if that is so: for `loaxa agent status`
-        and the local console."""
-        now = self.clock.now()
-        active = self.store.active_bundle()
-        version = active[0] if active else None
-        if mono - self._next[0] >= NEXT_EVERY_S or version != self._next_version:
-            self._next, self._next_version = (mono, None), version
-            if active:
-                items, quiet = self.runner.programme()
-                o = next((o for o in occurrences(items, now, now + timedelta(days=2),
-                                                 quiet=quiet)
-                          if o.start >= now and self.store.play_state(o.key) is None), None)
-                if o is not None:
-                    self._next = (mono, {"key": o.key, "title": o.item.title,
-                                         "start": iso(o.start), "priority": int(o.item.priority),
-                                         "content": o.item.content,
-                                         "audio_present": self.store.has_audio(o.item.content)})
-        why: list[dict[str, str]] = []
-        if not self.trust.trusted:
-            why.append({"code": "clock", "detail": self.trust.detail})
-        if self.runner.live_mic_until is not None:
-            why.append({"code": "live_mic", "detail": ""})
-        pending = self.store.pending_bundle()
-        if not active:
-            why.append({"code": "no_programme", "detail": ""})
-        if pending:
-            missing = self.store.missing_audio(list(pending[1].get("content", {})))
-            why.append({"code": "pending", "detail": f"v{pending[0]}: {len(missing)}"})
-        nxt = self._next[1]
-        if nxt and not nxt["audio_present"]:
-            why.append({"code": "next_audio_missing", "detail": nxt["content"][:12]})
-        for code in ("amplifier", "relay", "audio_device", "disk_full"):
-            detail = self._held_alarms().get(code)
-            if detail is not None:
-                why.append({"code": f"alarm.{code}", "detail": detail})
-        return {"next": nxt, "blocked": why}
+        self.status_file.write({
+            "station": self.id, "connected": self.link.connected.is_set(), **summary,
+            "link_failure": {"cause": f.cause, "detail": f.detail} if f else None,
+            "audio_missing": len(summary["missing"]), "counters": self.store.counters(),
+            "health": self.health_status(), "probes": self.health.summary(),
+            **self.outlook(trusted=self.trust.trusted, trust_detail=self.trust.detail,
+                           alarms=self.alarm_book.held()),
+            "leds": {n: self.board.led_state(n) for n in ("link", "health", "on_air")},
+            "volume": round(getattr(self.player, "volume", 1.0) * 100),
+            **self.runner.status()})
 
 
 def _hhmm(text: str | None):

@@ -175,7 +175,7 @@ def cmd_status(args) -> int:
 
 def _sim_file(args) -> tuple[Path, dict]:
     import json
-    from .agent import SIM_FAULTS
+    from .panel import SIM_FAULTS
     cfg = config.load(args.config)
     if cfg.hardware_backend != "simulated":
         raise config.ConfigError(f"{cfg.station_id} has real hardware ({cfg.hardware_backend}):"
@@ -224,7 +224,7 @@ def cmd_fault(args) -> int:
 
 def write_faults(data_dir: Path, faults: list[str], press: list[str] | None = None) -> None:
     """What `loaxa agent fault` and `press` write (tests call it directly)."""
-    from .agent import SIM_FAULTS
+    from .panel import SIM_FAULTS
     _write(Path(data_dir) / SIM_FAULTS, {"faults": sorted(faults), "press": press or []})
 
 

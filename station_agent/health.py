@@ -127,6 +127,27 @@ class ModemProbe:
             self._latest = found
 
 
+LINK_GRACE_S = 30.0  # a link not up this long after start is an alarm (not at once)
+
+
+def link(connected: bool, failure: Any, *, ever_connected: bool, since_start_s: float,
+         rtt_ms: int | None) -> Probe:
+    """The broker link, with the reason it is down (``failure``: the link's last failure,
+    with ``cause`` and its text); unknown in the first ``LINK_GRACE_S`` after a start while
+    the cause is one that waiting may cure, so a station still connecting raises no alarm."""
+    if connected:
+        if failure is not None and failure.cause == "not_authorised":
+            return Probe("link", "degraded", failure.cause, str(failure))
+        return Probe("link", "ok", rtt_ms)
+    transient = failure is None or failure.cause in ("unreachable", "lost", "refused")
+    if not ever_connected and transient and since_start_s < LINK_GRACE_S:
+        # a network that comes up after the agent (4G at boot) is not an alarm; a
+        # definite cause (TLS, certificate, ACL) will not go away by waiting
+        return Probe("link", "unknown", None, "connecting")
+    return Probe("link", "degraded", failure.cause if failure else None,
+                 str(failure) if failure else "no broker connection")
+
+
 class HealthModel:
     """``held``: probes whose alarm stands from before a restart. Their first reading is
     reported even when it is healthy, so an alarm whose condition went away while the agent

@@ -179,8 +179,8 @@ def test_release_that_fails_to_start_is_rolled_back(fleet, tmp_path):
 
 def test_release_that_fails_its_health_check_is_rolled_back(fleet, tmp_path):
     # starts and connects, but its signature check is broken: the held bundle does not verify
-    wheel = build_release(tmp_path, "0.1.3", {"station_agent/agent.py": (
-        'env = verify(raw, self.hub_keys, now=None, kind="bundle")',
+    wheel = build_release(tmp_path, "0.1.3", {"station_agent/intake.py": (
+        'env = verify(raw, self._keys(), now=None, kind="bundle")',
         'env = verify(raw, KeyRing(), now=None, kind="bundle")')})
     release = make_release(fleet.cfg, fleet.store, [wheel], now=fleet.clock.now())
     launch(fleet)
