@@ -8,6 +8,12 @@ import sys
 from pathlib import Path
 
 
+# Which figure a target is judged on (docs/scale.md, "How the targets are judged"): the
+# fleet runs N stations' work in turn on one thread, which no field deployment does; each
+# result keeps the one-thread (or one-machine) verdict beside the judged one.
+JUDGED_ON = "own_cpu"
+
+
 def teardown(procs: list[subprocess.Popen], broker, *dirs: Path) -> None:
     """Whatever is still running killed, the broker stopped, the work folders removed."""
     for p in procs:

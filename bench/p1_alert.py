@@ -247,7 +247,7 @@ def _alert(home: Path, store, cfg, content: dict, n: int, starts: Path, hub_pid:
 def run(n: int = int(os.environ.get("LOAXA_P1_STATIONS", "2000"))) -> dict:
     from audio import synthesize
     from bench.__main__ import _announcement
-    from bench.common import hub_and_fleet, stop_gently
+    from bench.common import JUDGED_ON, hub_and_fleet, stop_gently
     from deploy.broker import Mosquitto
     from hub import config as hubconfig
     from hub.admin import add_content_file, init_hub
@@ -339,14 +339,17 @@ def run(n: int = int(os.environ.get("LOAXA_P1_STATIONS", "2000"))) -> dict:
             "target_ratio_to_baseline_max": 3.0,
             "ratio_to_baseline_max": round(transfer / base_max_s, 2)
             if transfer and base_max_s else None,
-            "meets_targets": bool(transfer and base_max_s and transfer <= 3 * base_max_s)}
+            "judged_on": JUDGED_ON,
+            "meets_targets_one_thread": bool(transfer and base_max_s
+                                             and transfer <= 3 * base_max_s),
+            "meets_targets": False}
         # the same, each station and each bare subscriber on a CPU of its own
         own_t = [r.get("spread_own_cpu_s") for r in fan_runs]
         own_b = [(b.get("own_cpu") or {}).get("spread_ms") for b in fan_baselines]
         if all(x is not None for x in own_t + own_b) and all(own_b):
             t, b = statistics.median(own_t), statistics.median(own_b) / 1000
             fanout.update(median_spread_own_cpu_s=t, median_baseline_spread_own_cpu_s=b,
-                          ratio_own_cpu=round(t / b, 2), meets_targets_own_cpu=t <= 3 * b)
+                          ratio_own_cpu=round(t / b, 2), meets_targets=t <= 3 * b)
         return {
             "name": "p1_alert", "stations": n, "online_before_alerts": online,
             "setup_s": round(ready_s, 1), "command_bytes": len(cmd),
@@ -356,14 +359,15 @@ def run(n: int = int(os.environ.get("LOAXA_P1_STATIONS", "2000"))) -> dict:
             "pushed_audio": {**pushed_r, "audio_bytes": pushed["size"],
                              "audio_s": pushed["duration_ms"] / 1000},
             "targets": {"held_p99_vs_baseline_p99": 1.5, "pushed_p99_s": 3.0},
-            # the starts as recorded: N stations' work on this process's one thread
-            "meets_targets": _meets(held_r, pushed_r, baseline, n),
+            "judged_on": JUDGED_ON,
             # each station on a CPU of its own: when its command (and audio) reached this
             # host through the broker, plus its own measured work (StationClocks)
-            "meets_targets_own_cpu": bool(held_r.get("own_cpu") and pushed_r.get("own_cpu")
-                                          and baseline.get("own_cpu")
-                                          and _meets(held_r["own_cpu"], pushed_r["own_cpu"],
-                                                     baseline["own_cpu"], n)),
+            "meets_targets": bool(held_r.get("own_cpu") and pushed_r.get("own_cpu")
+                                  and baseline.get("own_cpu")
+                                  and _meets(held_r["own_cpu"], pushed_r["own_cpu"],
+                                             baseline["own_cpu"], n)),
+            # the starts as recorded: N stations' work on this process's one thread
+            "meets_targets_one_thread": _meets(held_r, pushed_r, baseline, n),
             "total_s": round(time.monotonic() - t_start, 1),
             "also": [fanout],
         }
