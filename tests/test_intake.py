@@ -3,45 +3,31 @@ a real store, the real command book, an injected clock, and the link reduced to 
 asked to send. Bad input is refused and leaves the store as it was."""
 import hashlib
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import pytest
 
 from protocol import chunks
-from protocol.clock import ManualClock
 from protocol.envelope import KeyRing, Reason, Refused, Signer, seal
-from station_agent.alarms import Alarms
-from hardware import Wiring, open_board
-from station_agent.commands import Commands
-from station_agent.runner import Runner
-from station_agent.simfleet import NullPlayer
 from station_agent.intake import Intake
-from station_agent.store import StationStore
 from station_agent.transfer import PROGRAMME_PUSH_GRACE_S, Transfers
+from station_parts import Parts, parts_fixture
 
-T0 = datetime(2030, 1, 1, 1, 0, tzinfo=timezone.utc)
 HUB = "hub:test"
 
 
-class Station:
+class Station(Parts):
     def __init__(self, tmp, *, min_free_bytes=0):
-        self.clock = ManualClock(T0)
-        self.store = StationStore(tmp / "s")
+        super().__init__(tmp)
         self.hub = Signer.generate(HUB)
         self.keys = KeyRing()
         self.keys.add(self.hub.public, HUB)
-        self.alarms = Alarms(self.store, self.clock)
         self.asked: list[dict] = []
         self.connected = True
         self.transfers = Transfers(30.0)
-        self.board = open_board("simulated", Wiring(), clock=self.clock)
-        player = NullPlayer(self.clock, lambda content, at: None)
-        runner = Runner(store=self.store, board=self.board, player=player, clock=self.clock,
-                        warmup_ms=0, power_good_timeout_ms=1000, alarm=self.alarms.set)
-        commands = Commands(store=self.store, runner=runner, clock=self.clock, player=player,
-                            report_now=lambda: None)
         self.intake = Intake(station_id="s1", store=self.store, clock=self.clock,
-                             transfers=self.transfers, commands=commands, alarms=self.alarms,
+                             transfers=self.transfers, commands=self.commands,
+                             alarms=self.alarms,
                              keys=lambda: self.keys, connected=lambda: self.connected,
                              ask=self._ask, saw_hub=lambda t: None,
                              min_free_bytes=min_free_bytes)
@@ -65,12 +51,7 @@ class Station:
                 self.store.missing_audio([]), sorted(os.listdir(self.store.audio_dir)))
 
 
-@pytest.fixture
-def st(tmp_path):
-    s = Station(tmp_path)
-    yield s
-    s.board.close()
-    s.store.close()
+st = pytest.fixture(parts_fixture(Station))
 
 
 def test_a_pushed_programme_is_taken_whole_and_becomes_active(st):
@@ -189,5 +170,4 @@ def test_audio_that_would_eat_the_reserve_raises_disk_full_until_there_is_room(t
     st.intake.request_audio()
     assert "disk_full" not in st.alarms.held()
     assert [a["sha"] for a in st.asked] == [sha]
-    st.board.close()
-    st.store.close()
+    st.close()

@@ -3,36 +3,19 @@ buttons and LEDs, the local console's action files and `loaxa agent fault`'s fil
 on the real runner, store and command book with an injected clock. A malformed action is
 refused, counted and removed, and the ones after it still apply."""
 import json
-from datetime import datetime, timezone
-
 import pytest
 
-from hardware import Wiring, open_board
-from protocol.clock import ManualClock
-from station_agent.alarms import Alarms
-from station_agent.commands import Commands
+from hardware import Wiring
 from station_agent.panel import ACTIONS_DIR, READ_EVERY_S, SIM_FAULTS, Panel
-from station_agent.runner import Runner
-from station_agent.simfleet import NullPlayer
-from station_agent.store import StationStore
+from station_parts import Parts, parts_fixture
 
-T0 = datetime(2030, 1, 1, 1, 0, tzinfo=timezone.utc)
 PANEL = Wiring(button_stop="GPIO5", button_emergency="GPIO6", button_live_mic="GPIO13",
                led_link="GPIO19", led_health="GPIO26", led_on_air="GPIO21")
 
 
-class Box:
+class Box(Parts):
     def __init__(self, tmp):
-        self.clock = ManualClock(T0)
-        self.store = StationStore(tmp / "s")
-        self.alarms = Alarms(self.store, self.clock)
-        self.board = open_board("simulated", PANEL, clock=self.clock)
-        self.player = NullPlayer(self.clock, lambda content, at: None)
-        self.runner = Runner(store=self.store, board=self.board, player=self.player,
-                             clock=self.clock, warmup_ms=0, power_good_timeout_ms=1000,
-                             alarm=self.alarms.set)
-        self.commands = Commands(store=self.store, runner=self.runner, clock=self.clock,
-                                 player=self.player, report_now=lambda: None)
+        super().__init__(tmp, PANEL)
         self.connected = True
         self.panel = Panel(board=self.board, store=self.store, clock=self.clock,
                            runner=self.runner, commands=self.commands, alarms=self.alarms,
@@ -48,12 +31,7 @@ class Box:
         (folder / name).write_text(doc if isinstance(doc, str) else json.dumps(doc))
 
 
-@pytest.fixture
-def box(tmp_path):
-    b = Box(tmp_path)
-    yield b
-    b.board.close()
-    b.store.close()
+box = pytest.fixture(parts_fixture(Box))
 
 
 def test_the_live_microphone_button_takes_the_air_and_gives_it_back(box):
