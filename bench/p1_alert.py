@@ -7,8 +7,9 @@
   issued (`hub.admin.issue_command`, as `loaxa hub alert` does) to the instant its null player
   starts, through `hub serve` (its own process) and `loaxa sim fleet` (one process).
 - pushed: the same with 60 s of new audio the stations must first fetch.
-Also the hub's CPU seconds for each alert (from /proc). The baseline and the held alert run
-``HELD_RUNS`` times each; every figure is the median over those runs (each run is kept).
+Also the hub's CPU seconds for each alert (from /proc). The baseline's publish and the held
+alert take turns, ``HELD_RUNS`` times each, on the same machine with the hub and the fleet
+running; every figure is the median over those runs (each run is kept).
 """
 from __future__ import annotations
 
@@ -38,7 +39,10 @@ def _summary(lat: list[float], n: int) -> dict:
             "p99_ms": round(_pct(lat, 0.99) * 1000, 1), "max_ms": round(max(lat) * 1000, 1)}
 
 
-FANOUT_SECONDS = (66, 67, 68)
+# five new items, each ~200 KB once prepared: the figure is the median of five transfers
+# (one in three runs or so takes three times the others' own-CPU spread, with how the two
+# cores were shared while 400 MB went out) beside the median of five raw publishes
+FANOUT_SECONDS = (64, 65, 66, 67, 68)
 HELD_RUNS = 5  # the held alert and the baseline's publish, each figure the median of these
 
 
@@ -110,59 +114,79 @@ def _bundle_audio(port: int, store, root: Path, configs, content: dict, hub_pid:
     return out
 
 
-def fanout_baseline(port: int, n: int, size: int, runs: int = 1) -> list[dict]:
-    """``runs`` QoS 1 publishes, one at a time, to N bare subscribers on one event loop:
-    each one's latency as it is read, and (``own_cpu``) as a subscriber with a CPU of its own
-    would have read it (the kernel's receive time plus its own read: the model the fleet's
-    ``own_cpu`` figures use, station_agent/simfleet.py ``StationClocks``). One summary per
-    publish."""
-    from protocol.mqtt import BrokerConfig, MqttLink, SharedLoop
-    from station_agent.simfleet import StationClocks
-    loop = SharedLoop()
-    clocks = loop.meter = StationClocks()
-    broker = BrokerConfig(port=port, keepalive=60)
-    got: dict[int, float] = {}
-    own: dict[int, float] = {}
-    t0 = wall0 = 0.0
-    subs: list[MqttLink] = []
+class Fanout:
+    """N bare subscribers on one event loop and a publisher: the baseline. Each ``publish``
+    is one QoS 1 message to all of them: each one's latency as it is read, and
+    (``own_cpu``) as a subscriber with a CPU of its own would have read it (the kernel's
+    receive time plus its own read: the model the fleet's ``own_cpu`` figures use,
+    station_agent/simfleet.py ``StationClocks``). ``idle`` keeps the connections alive
+    between publishes (their keepalives are answered as the loop is polled)."""
 
-    def stamp(i: int):  # as each message is read, not when the loop's turn ends
+    def __init__(self, port: int, n: int) -> None:
+        from protocol.mqtt import BrokerConfig, MqttLink, SharedLoop
+        from station_agent.simfleet import StationClocks
+        self.n = n
+        self.loop = SharedLoop()
+        self.clocks = self.loop.meter = StationClocks()
+        broker = BrokerConfig(port=port, keepalive=60)
+        self.got: dict[int, float] = {}
+        self.own: dict[int, float] = {}
+        self.t0 = self.wall0 = 0.0
+        self.subs: list[MqttLink] = []
+        self.subs += [MqttLink(client_id=f"fan-{i}", broker=broker,
+                               subscriptions=["bench/fanout"], loop=self.loop,
+                               on_inbound=self._stamp(i)) for i in range(n)]
+        for s in self.subs:
+            s.start()
+        deadline = time.monotonic() + 120
+        while sum(s.connected.is_set() for s in self.subs) < n and time.monotonic() < deadline:
+            self.loop.poll(0.01)
+        self.pub = MqttLink(client_id="fan-pub", broker=broker, subscriptions=[],
+                            loop=self.loop)
+        self.pub.start()
+        while not self.pub.connected.is_set():
+            self.loop.poll(0.01)
+
+    def _stamp(self, i: int):  # as each message is read, not when the loop's turn ends
         def read(m) -> None:
-            got.setdefault(i, time.monotonic() - t0)
-            at = clocks.now(subs[i])
+            self.got.setdefault(i, time.monotonic() - self.t0)
+            at = self.clocks.now(self.subs[i])
             if at is not None:
-                own.setdefault(i, at - wall0)
+                self.own.setdefault(i, at - self.wall0)
         return read
-    subs += [MqttLink(client_id=f"fan-{i}", broker=broker, subscriptions=["bench/fanout"],
-                      loop=loop, on_inbound=stamp(i)) for i in range(n)]
-    for s in subs:
-        s.start()
-    deadline = time.monotonic() + 120
-    while sum(s.connected.is_set() for s in subs) < n and time.monotonic() < deadline:
-        loop.poll(0.01)
-    pub = MqttLink(client_id="fan-pub", broker=broker, subscriptions=[], loop=loop)
-    pub.start()
-    while not pub.connected.is_set():
-        loop.poll(0.01)
-    out: list[dict] = []
-    for _ in range(runs):
-        quiet = time.monotonic() + 0.5  # the previous publish's acknowledgements settle
-        while time.monotonic() < quiet:
-            loop.poll(0.01)
-        got.clear()
-        own.clear()
-        t0, wall0 = time.monotonic(), time.time()
-        pub.publish("bench/fanout", b"x" * size, qos=1)
-        while len(got) < n and time.monotonic() - t0 < 60:
-            loop.poll(0.005)
-        own_s = list(own.values())
-        out.append({**_summary(list(got.values()), n),
-                    "own_cpu": {**_summary(own_s, n),
-                                "spread_ms": round((max(own_s) - min(own_s)) * 1000, 1)}
-                    if own_s and len(own) == len(got) else None})
-    for s in [*subs, pub]:
-        s.stop()
-    return out
+
+    def idle(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            self.loop.poll(min(left, 0.05))
+
+    def publish(self, size: int) -> dict:
+        self.idle(0.5)  # the previous publish's acknowledgements settle
+        self.got.clear()
+        self.own.clear()
+        self.t0, self.wall0 = time.monotonic(), time.time()
+        self.pub.publish("bench/fanout", b"x" * size, qos=1)
+        while len(self.got) < self.n and time.monotonic() - self.t0 < 60:
+            self.loop.poll(0.005)
+        own_s = list(self.own.values())
+        return {**_summary(list(self.got.values()), self.n),
+                "own_cpu": {**_summary(own_s, self.n),
+                            "spread_ms": round((max(own_s) - min(own_s)) * 1000, 1)}
+                if own_s and len(self.own) == len(self.got) else None}
+
+    def close(self) -> None:
+        for s in [*self.subs, self.pub]:
+            s.stop()
+
+
+def fanout_baseline(port: int, n: int, size: int, runs: int = 1) -> list[dict]:
+    """``runs`` publishes of ``size`` bytes, one at a time, to N fresh bare subscribers
+    (``Fanout``); one summary per publish."""
+    fan = Fanout(port, n)
+    try:
+        return [fan.publish(size) for _ in range(runs)]
+    finally:
+        fan.close()
 
 
 def _medians(runs: list[dict]) -> dict:
@@ -188,13 +212,15 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _quiet(pids: list[int], limit_s: float = 60.0, busy: float = 0.3) -> float:
+def _quiet(pids: list[int], limit_s: float = 60.0, busy: float = 0.3,
+           wait=time.sleep) -> float:
     """Wait until each process uses under ``busy`` of a core over a second (the fleet and the
-    hub have digested the previous phase's plays and reports); seconds waited."""
+    hub have digested the previous phase's plays and reports); seconds waited. ``wait``:
+    how this process waits (``Fanout.idle`` keeps the baseline's subscribers alive)."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < limit_s:
         before = [_cpu_s(p) for p in pids]
-        time.sleep(1)  # sampling CPU use, not waiting on a schedule
+        wait(1)  # sampling CPU use, not waiting on a schedule
         if all(_cpu_s(p) - b < busy for p, b in zip(pids, before)):
             break
     return round(time.monotonic() - t0, 1)
@@ -219,7 +245,7 @@ def _meets(held: dict, pushed: dict, baseline: dict, n: int) -> bool:
 
 
 def _alert(home: Path, store, cfg, content: dict, n: int, starts: Path, hub_pid: int,
-           limit_s: float) -> dict:
+           limit_s: float, wait=time.sleep) -> dict:
     from hub.admin import issue_command, play_body
     from protocol.clock import SystemClock, parse_iso
     from schedules import Priority
@@ -231,7 +257,7 @@ def _alert(home: Path, store, cfg, content: dict, n: int, starts: Path, hub_pid:
     issued = time.time() - t0  # signed and stored, the hub woken
     got: dict[str, tuple[float, float | None]] = {}
     while len(got) < n and time.time() - t0 < limit_s:
-        time.sleep(0.25)  # polling the fleet's record of starts, not waiting on a schedule
+        wait(0.25)  # polling the fleet's record of starts, not waiting on a schedule
         got = _starts(starts, content["sha"], t0)
     own = [o for _, o in got.values() if o is not None]
     published = store.command(cmd["id"])["published_at"]
@@ -263,7 +289,6 @@ def run(n: int = int(os.environ.get("LOAXA_P1_STATIONS", "2000"))) -> dict:
     t_start = time.monotonic()
     try:
         cmd_size = 700  # an alert command envelope is about this size (measured below)
-        baseline = _medians(fanout_baseline(broker.port, n, cmd_size, HELD_RUNS))
         home = work / "hub"
         init_hub(home, broker_host="127.0.0.1", broker_port=broker.port)
         cfg = hubconfig.load(home)
@@ -276,9 +301,7 @@ def run(n: int = int(os.environ.get("LOAXA_P1_STATIONS", "2000"))) -> dict:
         held = add_content_file(store, src, title="P1 held", now=now)
         long_src = _announcement(work)
         pushed = add_content_file(store, long_src, title="P1 pushed 60 s", now=now)
-        # three new items, each ~200 KB once prepared: the figure is the median of three
-        # transfers (one swings with how the two cores were shared) beside the median of
-        # three raw publishes
+        # the audio fan-out's new items (FANOUT_SECONDS)
         fans = [add_content_file(store, _announcement(work, seconds=s), title=f"P13 {s}",
                                  now=now) for s in FANOUT_SECONDS]
         fan_baselines = fanout_baseline(broker.port, n, fans[0]["size"], len(FANOUT_SECONDS))
@@ -293,19 +316,29 @@ def run(n: int = int(os.environ.get("LOAXA_P1_STATIONS", "2000"))) -> dict:
         hub, fleet, online = hub_and_fleet(work, home, root, n, starts, store, procs,
                                            limit_s=180)
         ready_s = time.monotonic() - t_start
-        quiet = [_quiet([hub.pid, fleet.pid])]
-        # a developer's profile of the fleet during the held alert only: run with
+        # the baseline's publishes and the held alerts take turns, on the same machine with
+        # the hub and the fleet running: each pair is measured under the same conditions
+        # (before, every publish ran before the hub and the fleet had started)
+        fan = Fanout(broker.port, n)
+        quiet: list[float] = []
+        base_runs, held_runs = [], []
+        # a developer's profile of the fleet during the held alerts only: run with
         # LOAXA_SIM_PROFILE=FILE LOAXA_SIM_PROFILE_ON_SIGNAL=1
         profiling = bool(os.environ.get("LOAXA_SIM_PROFILE_ON_SIGNAL"))
-        if profiling:
-            fleet.send_signal(signal.SIGUSR1)
-        held_runs = []
-        for i in range(HELD_RUNS):
-            if i:
-                quiet.append(_quiet([hub.pid, fleet.pid]))
-            held_runs.append(_alert(home, store, cfg, held, n, starts, hub.pid, 60))
-        if profiling:
-            fleet.send_signal(signal.SIGUSR2)
+        try:
+            for i in range(HELD_RUNS):
+                quiet.append(_quiet([hub.pid, fleet.pid], wait=fan.idle))
+                base_runs.append(fan.publish(cmd_size))
+                quiet.append(_quiet([hub.pid, fleet.pid], wait=fan.idle))
+                if profiling:
+                    fleet.send_signal(signal.SIGUSR1)
+                held_runs.append(_alert(home, store, cfg, held, n, starts, hub.pid, 60,
+                                        wait=fan.idle))
+                if profiling:
+                    fleet.send_signal(signal.SIGUSR2)
+        finally:
+            fan.close()
+        baseline = _medians(base_runs)
         held_r = _medians(held_runs)
         cmd = store.q("SELECT raw FROM commands ORDER BY issued_at DESC LIMIT 1")[0]["raw"]
         quiet.append(_quiet([hub.pid, fleet.pid]))
