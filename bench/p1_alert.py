@@ -40,8 +40,8 @@ def _summary(lat: list[float], n: int) -> dict:
 
 
 # five new items, each ~200 KB once prepared: the figure is the median of five transfers
-# (one in three runs or so takes three times the others' own-CPU spread, with how the two
-# cores were shared while 400 MB went out) beside the median of five raw publishes
+# (about one transfer in four takes two to seven times the others' own-CPU spread:
+# docs/scale.md) beside the median of five raw publishes
 FANOUT_SECONDS = (64, 65, 66, 67, 68)
 HELD_RUNS = 5  # the held alert and the baseline's publish, each figure the median of these
 
