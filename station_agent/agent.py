@@ -296,7 +296,7 @@ class Agent:
         # each phase on its own: a bug in one (logged, counted) never stops the others,
         # above all never the runner
         if light:  # reports: flush_due(), after the fleet has stepped every busy station
-            phases = [tick, self.intake.request_audio] if self.transfers.active else [tick]
+            phases = [tick, self.intake.request_audio] if self.receiving else [tick]
         else:
             p = self.panel
             phases = [p.sim_faults, p.buttons, p.console_actions, self.intake.try_activate,
