@@ -57,19 +57,20 @@ def _held_at(root: Path, configs, sha: str) -> list[float]:
                   for c in configs)
 
 
-def _stored_own_cpu(path: Path, sha: str) -> list[float]:
+def _stored_own_cpu(path: Path, sha: str, field: str = "own_cpu_at") -> list[float]:
     """When each station came to hold ``sha`` on a CPU of its own (the fleet's ``stored``
-    records, StationClocks)."""
+    records, StationClocks); with ``field="arrived_at"``, when the last bytes it read by
+    then reached this host (the broker's part)."""
     from bench.common import json_lines
     out: dict[str, float] = {}
     for d in json_lines(path):
-        if d.get("event") == "stored" and d["content"] == sha and d["own_cpu_at"]:
-            out.setdefault(d["station"], d["own_cpu_at"])
+        if d.get("event") == "stored" and d["content"] == sha and d.get(field):
+            out.setdefault(d["station"], d[field])
     return sorted(out.values())
 
 
 def _bundle_audio(port: int, store, root: Path, configs, content: dict, hub_pid: int,
-                  limit_s: float, events: Path) -> dict:
+                  limit_s: float, events: Path, broker_pid: int | None = None) -> dict:
     """A new programme item for all with audio no station holds: from the announcement to
     the last station holding the verified file."""
     from datetime import timedelta
@@ -90,6 +91,7 @@ def _bundle_audio(port: int, store, root: Path, configs, content: dict, hub_pid:
     while not watch.connected.wait(0.1):
         pass
     cpu0 = _cpu_s(hub_pid)
+    broker0 = _cpu_s(broker_pid) if broker_pid else 0.0
     t0 = time.time()
     now = SystemClock().now()
     announce(store, content=content, when=now + timedelta(hours=6), priority=Priority(1),
@@ -101,6 +103,7 @@ def _bundle_audio(port: int, store, root: Path, configs, content: dict, hub_pid:
     watch.stop()
     held = _held_at(root, configs, content["sha"]) if got == n else []
     out = {"holding": got, "of": n, "hub_cpu_s": round(_cpu_s(hub_pid) - cpu0, 2),
+           "broker_cpu_s": round(_cpu_s(broker_pid) - broker0, 2) if broker_pid else None,
            "first_chunk_after_s": round(first_chunk[0] - t0, 2) if first_chunk else None}
     if held and first_chunk:
         out.update(announce_to_all_s=round(held[-1] - t0, 2),
@@ -111,6 +114,9 @@ def _bundle_audio(port: int, store, root: Path, configs, content: dict, hub_pid:
         own = _stored_own_cpu(events, content["sha"])
         if len(own) == n:
             out["spread_own_cpu_s"] = round(own[-1] - own[0], 3)
+        came = _stored_own_cpu(events, content["sha"], "arrived_at")
+        if len(came) == n:  # of which the broker's delivery (kernel receive timestamps)
+            out["spread_arrived_s"] = round(came[-1] - came[0], 3)
     return out
 
 
@@ -351,7 +357,8 @@ def run(n: int = int(os.environ.get("LOAXA_P1_STATIONS", "2000"))) -> dict:
             if i:
                 settled_s = _quiet([hub.pid, fleet.pid])
             fan_runs.append({**_bundle_audio(broker.port, store, root, configs, fan, hub.pid,
-                                             180, starts), "settled_before_s": settled_s,
+                                             180, starts, broker.proc.pid),
+                             "settled_before_s": settled_s,
                              "audio_bytes": fan["size"]})
         store.close()
         base_maxes = [b.get("max_ms") for b in fan_baselines]

@@ -44,6 +44,8 @@ class Inbound:
     # under a metered SharedLoop: when the message was read, on the reading link's own
     # clock (station_agent/simfleet.py, StationClocks); else None
     ready_at: float | None = field(default=None, compare=False)
+    # ... and when its last bytes reached this host (the kernel's receive timestamp)
+    arrived_at: float | None = field(default=None, compare=False)
 
 
 class Sent:
@@ -371,7 +373,7 @@ class MqttLink:
     def _handle_message(self, client, userdata, msg) -> None:
         meter = self._loop.meter if self._loop is not None else None
         m = Inbound(msg.topic, bytes(msg.payload), bool(msg.retain),
-                    meter.now(self) if meter is not None else None)
+                    *((meter.now(self), meter.arrival(self)) if meter is not None else ()))
         if self._on_inbound is not None:
             self._on_inbound(m)
         self.inbox.put(m)
@@ -390,6 +392,7 @@ class Meter:
     def end(self) -> None: ...
     def arrived(self, at: float) -> None: ...
     def now(self, link: MqttLink) -> float | None: ...
+    def arrival(self, link: MqttLink) -> float | None: ...
 
 
 def _stamped_recv(c: paho.Client, bufsize: int, meter: Meter) -> bytes:

@@ -235,3 +235,46 @@ def test_the_simulated_amplifier_warms_up_on_the_clock_it_is_given():
         assert b.amp_power_good
     finally:
         b.close()
+
+
+def _spend_cpu(seconds: float) -> None:
+    """Work on the current station: hashing until this thread has used ``seconds`` of CPU."""
+    import hashlib
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        hashlib.sha256(b"x" * 4096).digest()
+
+
+def test_a_station_is_charged_its_cpu_not_the_time_this_thread_was_off_the_cpu():
+    """On two shared cores the OS takes the CPU from the fleet mid-station now and then; a
+    station with a CPU of its own would not have waited (a sleep stands in for that)."""
+    clocks = StationClocks()
+    a = object()
+    t = time.time()
+    clocks.begin_turn(a)
+    clocks.arrived(t)
+    time.sleep(0.05)  # off the CPU, as when preempted
+    waited = clocks.now(a) - t
+    _spend_cpu(0.03)
+    worked = clocks.now(a) - t - waited
+    clocks.end()
+    assert waited < 0.01
+    assert 0.03 <= worked < 0.045
+
+
+def test_a_garbage_collection_is_charged_to_no_station():
+    import gc
+    clocks = StationClocks()
+    a = object()
+    junk = [[i, [i]] for i in range(300_000)]  # a heap worth walking
+    before = clocks.uncharged_gc_s
+    clocks.begin_turn(a)
+    clocks.arrived(time.time())
+    x = clocks.now(a)
+    gc.collect()
+    charged = clocks.now(a) - x
+    clocks.end()
+    spent = clocks.uncharged_gc_s - before
+    del junk
+    assert spent > 0.005  # the collection took measurable time ...
+    assert charged < spent / 5  # ... and it is not the station's
