@@ -766,7 +766,9 @@ def overview(store: HubStore, user: User, now: datetime,
         r = readiness(store, user, d0, d1, now, quiet)
         ready = {"period": h, "from": d0, "to": d1, "ready": r["ready"], "total": r["total"]}
     return {"counts": b["counts"], "fresh": b["fresh"],
-            "alarms": alarms(store, user)[:20], "today": cal, "next": ready}
+            "alarms": alarms(store, user)[:20], "today": cal, "next": ready,
+            # province-wide, so not for a user who sees only some communes
+            "refused": [] if user.communes else store.refusal_summary(now - timedelta(days=1))}
 
 
 # -- content -------------------------------------------------------------------------------

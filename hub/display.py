@@ -5,7 +5,7 @@ import re
 from datetime import datetime, timedelta
 
 from protocol.clock import parse_iso
-from protocol.vi import ALARMS_VI, OUTCOMES_VI  # noqa: F401 (re-exported)
+from protocol.vi import ALARMS_VI, OUTCOMES_VI, REFUSALS_VI  # noqa: F401 (re-exported)
 from schedules import TZ
 
 from .config import HubError
@@ -83,7 +83,31 @@ def render_hub(view: dict) -> str:
     if f:
         line += (f"\nBroker: {CAUSES_VI.get(f['cause'], f['cause'])} từ {show(f['since'])} — "
                  f"{f['detail']}")
+    refused = view.get("refused_24h") or []
+    if refused:
+        line += ("\nTin bị từ chối trong 24 giờ qua / refused in the last 24 h: " +
+                 "; ".join(f"{REFUSALS_VI.get(r['reason'], r['reason'])} {r['n']} "
+                           f"({r['stations']} trạm, gần nhất {show(r['last'])})"
+                           for r in refused))
+    trouble = view.get("trouble") or {}
+    counts = {k: v for k, v in (trouble.get("counts") or {}).items()
+              if v and k != "refused.not_stored"}
+    if counts:
+        line += (f"\nTừ khi hub chạy ({show(trouble.get('since'))}) / since the hub started: " +
+                 "; ".join(f"{trouble_vi(k)} {v}" for k, v in sorted(counts.items())))
     return line
+
+
+TROUBLE_VI = {"errors": "lỗi khi xử lý tin", "audio.push_interrupted": "lần đẩy âm thanh bị ngắt",
+              "audio.chunks_not_sent": "đoạn âm thanh chưa gửi được"}
+
+
+def trouble_vi(counter: str) -> str:
+    """A hub counter's name for people: refusals by reason, the rest by TROUBLE_VI."""
+    if counter.startswith("refused."):
+        reason = counter.split(".", 1)[1]
+        return f"từ chối: {REFUSALS_VI.get(reason, reason)}"
+    return TROUBLE_VI.get(counter, counter)
 
 
 def _ago(seconds: float | None) -> str:

@@ -38,6 +38,12 @@ PUSH_AGAIN_S = 600.0  # a file pushed on a shared topic is not pushed there agai
 PUSH_EACH_UPTO = 0.25
 BLOB_CACHE_BYTES = 64 * 2**20
 RESEND_AFTER_S = 3.0  # a chunk sent this recently is not sent again for the same station
+# a station's refusals of one reason are stored (and logged) at most this often; every one
+# is counted (``counters``, in ``hub status``): a flood of forged messages must not turn
+# into one committed row (an fsync) and one log line each
+REFUSAL_ROW_EVERY_S = 10.0
+REFUSALS_KEPT = timedelta(days=90)
+PRUNE_REFUSALS_EVERY_S = 3600.0
 _CONNECTED = Inbound("$local/connected", b"", False)
 _WAKE = Inbound("$local/wake", b"", False)  # the CLI or the web stored a command
 
@@ -58,6 +64,10 @@ class HubLink:
         self.clock = clock
         self.quiet = quiet
         self.counters: dict[str, int] = {}
+        self.started_at = iso(clock.now())
+        self._counters_shown: dict[str, int] = {}
+        self._refusal_rows: dict[tuple[str | None, str], float] = {}  # -> when last stored
+        self._refusals_pruned = -1e9
         self._rings: dict[str, KeyRing] = {}
         self._heartbeats: dict[str, dict[str, Any]] = {}  # kept by handle, written by flush
         # reports of one turn share one transaction (one fsync); their acks go after it
@@ -150,6 +160,13 @@ class HubLink:
             self.store.set_setting("link.failure", json.dumps(
                 {"cause": f.cause, "detail": f.detail, "since": iso(now)} if f else None))
         self.store.set_setting("serve.alive_at", iso(now))
+        if self.counters != self._counters_shown:  # for `hub status`: since this start
+            self._counters_shown = dict(self.counters)
+            self.store.set_setting("serve.counters", json.dumps(
+                {"since": self.started_at, "counts": self._counters_shown}))
+        if self._watched - self._refusals_pruned >= PRUNE_REFUSALS_EVERY_S:
+            self._refusals_pruned = self._watched
+            self.store.prune_refusals(now - REFUSALS_KEPT)
         self.store.sync_offline_alarms(now, self.offline_alarm_s)
         self._follow_key_rotation(now)
         if self._watched - self._certs_checked >= CERTS_EVERY_S:
@@ -408,12 +425,25 @@ class HubLink:
                 raise Refused(Reason.WRONG_KIND, f"{env.kind} on {leaf}")
         except Refused as r:
             self._count(f"refused.{r.reason.value}")
-            log.warning("refused %s from %s: %s", leaf, sid, r)
-            self.store.record_refusal(now, sid, msg.topic, r.reason.value, r.detail)
+            if self._refusal_row_due(sid, r.reason.value):
+                log.warning("refused %s from %s: %s", leaf, sid, r)
+                self.store.record_refusal(now, sid, msg.topic, r.reason.value, r.detail)
         except Exception as exc:
             self._count("errors")
             log.exception("handling %s failed", msg.topic)
             self.store.record_refusal(now, sid, msg.topic, "error", f"{type(exc).__name__}: {exc}")
+
+    def _refusal_row_due(self, sid: str | None, reason: str) -> bool:
+        mono = self.clock.monotonic()
+        last = self._refusal_rows.get((sid, reason))
+        if last is not None and mono - last < REFUSAL_ROW_EVERY_S:
+            self._count("refused.not_stored")
+            return False
+        if len(self._refusal_rows) > 10_000:  # forged station ids must not grow it unbounded
+            self._refusal_rows = {k: v for k, v in self._refusal_rows.items()
+                                  if mono - v < REFUSAL_ROW_EVERY_S}
+        self._refusal_rows[(sid, reason)] = mono
+        return True
 
     def _on_state(self, sid: str, raw: bytes, ring: KeyRing) -> None:
         if not raw:  # a cleared retained message

@@ -274,6 +274,12 @@ def m014_station_audio(db) -> None:
                "json_extract(data, '$.sha') IS NOT NULL")
 
 
+@migrations
+def m015_refusals_by_time(db) -> None:
+    """Refusals are summed over the last day (`hub status`, the overview) and pruned by age."""
+    db.execute("CREATE INDEX IF NOT EXISTS refusals_at ON refusals(at)")
+
+
 CERT_WARN = timedelta(days=30)
 
 
@@ -738,6 +744,17 @@ class HubStore:
         with self.lock, write(self.db):
             self.db["refusals"].insert({"at": iso(now), "station_id": sid, "topic": topic,
                                         "reason": reason, "detail": detail[:500]})
+
+    def refusal_summary(self, since: datetime) -> list[dict[str, Any]]:
+        """Refused messages stored since ``since``, by reason: how many rows, from how many
+        stations, the latest (a station's repeats within seconds are one row: hub/link.py)."""
+        return self.q("SELECT reason, count(*) AS n, count(DISTINCT station_id) AS stations, "
+                      "max(at) AS last FROM refusals WHERE at >= ? GROUP BY reason "
+                      "ORDER BY n DESC, reason", [iso(since)])
+
+    def prune_refusals(self, before: datetime) -> int:
+        with self.lock, write(self.db):
+            return self.db.execute("DELETE FROM refusals WHERE at < ?", [iso(before)]).rowcount
 
     def state(self, sid: str) -> dict[str, Any] | None:
         rows = self.q("SELECT * FROM station_state WHERE station_id = ?", [sid])

@@ -17,3 +17,11 @@ OUTCOMES_VI = {"played": "đã phát", "failed": "lỗi phát", "missed": "bỏ 
                "preempted": "bị ngắt (ưu tiên cao hơn)", "interrupted": "bị gián đoạn",
                "started": "đang phát", "fallback": "phát dự phòng (tiếp âm lỗi)",
                "stopped": "đã dừng", "passed": "tự kiểm tra đạt"}
+
+# why a message was refused (protocol.envelope.Reason, and "error": the receiver failed)
+REFUSALS_VI = {"oversize": "quá lớn", "malformed": "sai định dạng",
+               "unsupported_version": "phiên bản không hỗ trợ", "unknown_key": "khóa lạ",
+               "bad_signature": "chữ ký sai", "expired": "hết hạn",
+               "replayed": "tin cũ gửi lại", "wrong_kind": "sai loại tin",
+               "wrong_sender": "sai người gửi", "wrong_station": "sai trạm",
+               "bad_audio": "âm thanh hỏng", "error": "lỗi khi xử lý"}

@@ -37,7 +37,8 @@ def test_migrations_run_once(tmp_path):
     assert [r["name"] for r in s.q("SELECT name FROM _migrations")] == \
         ["m001_initial", "m002_live_state_and_alarms", "m003_stream_items",
          "m004_health_and_heightened", "m005_live_mic", "m006_commands", "m007_console", "m008_play_days", "m009_certificates", "m010_key_rotation", "m011_releases",
-         "m012_shared_programmes", "m013_playbacks_by_station_only", "m014_station_audio"]
+         "m012_shared_programmes", "m013_playbacks_by_station_only", "m014_station_audio",
+         "m015_refusals_by_time"]
     s.close()
 
 
@@ -316,3 +317,55 @@ def test_a_command_for_no_station_or_no_target_is_refused_and_issues_nothing(hub
     c = issue_command(cfg, store, "report", "group:g1", {}, now=NOW)
     assert [r["station_id"] for r in store.command_targets(c["id"])] == ["a"]
     assert c["seq"] == 1
+
+
+def test_a_flood_of_forged_messages_is_counted_stored_sparingly_and_shown(tmp_path):
+    """A station (or someone with its certificate) sends 500 forged heartbeats: each is
+    refused and counted, one row per reason and station per REFUSAL_ROW_EVERY_S is stored
+    (not one fsync each), a good heartbeat still counts, and `hub status` shows the day's
+    refusals and the counts since the hub started, in Vietnamese; old rows are pruned."""
+    from hub.admin import hub_view
+    from hub.display import render_hub
+    from hub.link import REFUSAL_ROW_EVERY_S, REFUSALS_KEPT, HubLink
+    from protocol.clock import ManualClock
+    from protocol.envelope import Signer, public_to_text, seal
+    from protocol.mqtt import BrokerConfig, Inbound
+    from protocol.topics import Topics
+    clock = ManualClock(datetime(2030, 5, 1, 3, 0, tzinfo=timezone.utc))
+    store = HubStore(tmp_path / "h.db")
+    key, forger = Signer.generate("station:s1"), Signer.generate("station:s1")
+    store.db.execute("INSERT INTO stations VALUES (?, ?, ?, ?)",
+                     ["s1", "s1", public_to_text(key.public), "2030-01-01T00:00:00Z"])
+    hub = HubLink(store=store, signer=Signer.generate("hub"), topics=Topics(),
+                  broker=BrokerConfig(port=1), clock=clock)
+
+    def beat(signer):
+        return Inbound(Topics().health("s1"), seal(
+            "heartbeat", {"status": "ok", "probes": {}, "interval_s": 60}, signer=signer,
+            seq=0, now=clock.now(), ttl=timedelta(minutes=10)), False)
+    for i in range(500):
+        hub.handle(beat(forger))
+        if i == 249:
+            clock.advance(REFUSAL_ROW_EVERY_S + 1)
+    hub.handle(Inbound(Topics().health("s1"), b"\xff not an envelope", False))
+    hub.handle(beat(key))
+    assert hub.flush() == 1 and store.state("s1")["health"] == "ok"
+    assert hub.counters["refused.unknown_key"] == 500
+    assert hub.counters["refused.not_stored"] == 498
+    assert store.q("SELECT reason, count(*) AS n FROM refusals GROUP BY reason "
+                   "ORDER BY reason") == [{"reason": "malformed", "n": 1},
+                                          {"reason": "unknown_key", "n": 2}]
+    hub.watch()  # what `hub serve` writes every WATCH_EVERY_S
+    text = render_hub(hub_view(store, clock.now()))
+    assert "Tin bị từ chối trong 24 giờ qua" in text
+    assert "khóa lạ 2 (1 trạm, gần nhất 01/05/2030 10:00:11)" in text
+    assert "sai định dạng 1" in text
+    assert "từ chối: khóa lạ 500" in text and "01/05/2030 10:00:00" in text
+    assert "not_stored" not in text
+    # a day later the summary is empty; past the keeping time the rows go
+    clock.advance(86401)
+    assert hub_view(store, clock.now())["refused_24h"] == []
+    clock.advance(REFUSALS_KEPT.total_seconds())
+    hub.watch()
+    assert store.q("SELECT count(*) AS n FROM refusals")[0]["n"] == 0
+    store.close()

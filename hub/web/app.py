@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
 from protocol.clock import Clock, make_clock
-from protocol.vi import ALARMS_VI
+from protocol.vi import ALARMS_VI, REFUSALS_VI
 from protocol.web import STATIC, csrf_protected
 from protocol.web import format_dt as _dt
 from schedules import TZ, Priority
@@ -96,8 +96,9 @@ def create_app(home: Path, *, clock: Clock | None = None, secure_cookies: bool =
     env = templates.env
     env.filters.update(dt=_dt, num=_num)
     env.globals.update(ROLES=accounts.ROLES, ALARMS_VI=ALARMS_VI, HEALTH_VI=HEALTH_VI,
-                       OUTCOMES_VI=OUTCOMES_VI, STATES=console.STATES, Priority=Priority,
-                       EVERY_VI=EVERY_VI, WEEKDAYS=WEEKDAYS,
+                       REFUSALS_VI=REFUSALS_VI, OUTCOMES_VI=OUTCOMES_VI,
+                       STATES=console.STATES, Priority=Priority, EVERY_VI=EVERY_VI,
+                       WEEKDAYS=WEEKDAYS,
                        COMMAND_STATES_VI=admin.COMMAND_STATES_VI, PROBES_VI=PROBES_VI,
                        EVENTS_VI=EVENTS_VI)
     app = FastAPI(title="loaxa", docs_url=None, redoc_url=None, openapi_url=None)

@@ -569,3 +569,19 @@ def test_other_forms_name_the_field_and_keep_the_input(hub):
     r = Browser(app, "editor").post("/password", {"old": "sai", "new": "mật khẩu mới dài",
                                                   "again": "khác hẳn"})
     assert r.status_code == 400 and "không khớp" in r.text
+
+
+def test_the_overview_shows_the_days_refused_messages_to_the_province_not_a_commune(hub):
+    home, store, content, app = hub
+    assert "Tin bị từ chối" not in Browser(app, "viewer").get("/").text  # none: no card
+    now = datetime.now(timezone.utc)
+    for sid, reason in (("tram-a1", "bad_signature"), ("tram-a2", "bad_signature"),
+                        ("tram-b1", "replayed")):
+        store.record_refusal(now, sid, f"loaxa/station/{sid}/events", reason, "test")
+    store.record_refusal(now - timedelta(days=2), "tram-a1", "x", "expired", "old")
+    page = Browser(app, "viewer").get("/").text
+    assert "Tin bị từ chối trong 24 giờ qua" in page
+    assert "<td>chữ ký sai</td><td>2</td><td>2</td>" in page
+    assert "<td>tin cũ gửi lại</td><td>1</td><td>1</td>" in page
+    assert "<td>hết hạn</td>" not in page  # two days old
+    assert "Tin bị từ chối" not in Browser(app, "commune").get("/").text
