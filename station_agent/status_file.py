@@ -17,7 +17,8 @@ from schedules import occurrences
 from .runner import Runner
 from .store import StationStore
 
-EVERY_S = 0.2        # the file is written at most this often
+EVERY_S = 1.0        # the file is built (and written if it changed) at most this often:
+                     # building it is the largest part of an idle agent's step (P3)
 NEXT_EVERY_S = 10.0  # how often "what plays next" is worked out again
 BLOCKING_ALARMS = ("amplifier", "relay", "audio_device", "disk_full")
 

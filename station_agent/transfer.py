@@ -13,6 +13,8 @@ from __future__ import annotations
 
 FETCH_WINDOW = 256 * 1024  # bytes asked for at a time: a re-request repeats at most this
 REQUEST_EVERY_S = 0.5      # how often missing audio is looked over while a transfer runs
+IDLE_LOOK_S = 10.0         # ... and with nothing on its way (a new programme or command
+                           # asks for a look at once: this finds a file lost on disk)
 PUSH_GRACE_S = 3.0         # a pushed file that makes no progress this long is fetched
 PROGRAMME_PUSH_GRACE_S = 10.0  # ... for a programme's audio, which is not needed this minute
 AT_ONCE = -1e9             # "last progress" of a file to be asked for at the next look
@@ -50,7 +52,8 @@ class Transfers:
     def look(self, mono: float) -> bool:
         """Whether to look over the missing audio now (decisions on the scale of seconds: not
         every step of a transfer, unless a gap asked for it); if so, the look is recorded."""
-        if mono - self.looked_at < self.look_every_s and \
+        every = self.look_every_s if self.progress else max(self.look_every_s, IDLE_LOOK_S)
+        if mono - self.looked_at < every and \
                 not any(v <= AT_ONCE / 10 for v in self.progress.values()):
             return False
         self.looked_at = mono

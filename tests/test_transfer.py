@@ -62,3 +62,17 @@ def test_looks_are_paced_and_a_new_connection_asks_again_for_everything_on_its_w
     t.reconnected()
     assert t.due_at() == float("-inf")
     assert t.to_ask([SHA], 50.8) == [SHA]
+
+
+def test_with_nothing_on_its_way_missing_audio_is_looked_over_seldom_but_at_once_when_told():
+    """An idle agent steps about once a second; looking over every file of a 100-item
+    programme each time was a tenth of its idle CPU (P3)."""
+    from station_agent.transfer import IDLE_LOOK_S
+    t = Transfers(retry_s=15, look_every_s=0.5)
+    assert t.look(100.0) is True
+    assert t.look(100.6) is False                   # idle: not every step
+    assert t.look(100.0 + IDLE_LOOK_S) is True      # a file lost on disk is found
+    t.look_now()                                    # a new programme or command
+    assert t.look(100.1 + IDLE_LOOK_S) is True
+    t.asked(SHA, 0, 111.0)                          # on its way: the transfer's pace
+    assert t.look(111.0) is True and t.look(111.6) is True
