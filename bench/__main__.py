@@ -7,7 +7,10 @@ occurrence_step — a runner step's schedule queries for a three-year-old progra
 fresh one (bench/occurrences.py); issue 13's target: at most 1.2 ×.
 
 hub_heartbeat — heartbeats from 1,000 stations through the hub's handler, beside verify +
-one UPDATE per message (bench/hub_messages.py); issue 13's target: at least 60 %.
+one UPDATE per message (bench/hub_messages.py); issue 13's target: at least 60 %. With it,
+hub_fetch: 5,000 stations fetching one file each from a hub on a real mosquitto, the hub's
+time per fetch over the first and the last 500, beside a bare paho client's publishes of the
+same chunks; target: flat (at most 1.5 ×).
 
 reconnect_storm — P2 (issue 11): 2,000 simulated stations with 100 queued playback records
 each connect at once; the hub's drain rate beside sqlite-utils insert_all of the same rows,
