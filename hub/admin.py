@@ -515,8 +515,6 @@ def _health(s: dict, now) -> str | None:
     return "silent" if late > 3 * (s.get("heartbeat_s") or 60) else s.get("health")
 
 
-# the hub's counters that mean something went wrong (hub/link.py), besides refusals
-TROUBLE_COUNTERS = ("errors", "audio.push_interrupted", "audio.chunks_not_sent")
 STALE_AFTER_S = 30  # the hub's heartbeat (`serve.alive_at`) is written every 5 s
 
 
@@ -527,15 +525,12 @@ def hub_view(store: HubStore, now) -> dict:
     age = (now - parse_iso(alive)).total_seconds() if alive else None
     serving = is_serving(store.path)
     failure = json.loads(store.setting("link.failure") or "null")
-    counters = json.loads(store.setting("serve.counters") or "null") or {}
     return {"serving": serving, "alive_at": alive, "age_s": age, "link_failure": failure,
             "fresh": serving and age is not None and age <= STALE_AFTER_S,
-            # messages the hub refused over the last day (by reason), and what went wrong
-            # since `hub serve` last started (its counters: every refusal, audio not sent)
+            # messages the hub refused over the last day (by reason), and its counters since
+            # `hub serve` last started ({"since": …, "counts": {…}}: hub/link.py)
             "refused_24h": store.refusal_summary(now - timedelta(days=1)),
-            "trouble": {"since": counters.get("since"),
-                        "counts": {k: v for k, v in (counters.get("counts") or {}).items()
-                                   if k in TROUBLE_COUNTERS or k.startswith("refused.")}}}
+            "counters": json.loads(store.setting("serve.counters") or "null") or {}}
 
 
 def status_rows(store: HubStore, now=None, view: dict | None = None) -> list[dict]:

@@ -89,25 +89,27 @@ def render_hub(view: dict) -> str:
                  "; ".join(f"{REFUSALS_VI.get(r['reason'], r['reason'])} {r['n']} "
                            f"({r['stations']} trạm, gần nhất {show(r['last'])})"
                            for r in refused))
-    trouble = view.get("trouble") or {}
-    counts = {k: v for k, v in (trouble.get("counts") or {}).items()
-              if v and k != "refused.not_stored"}
-    if counts:
-        line += (f"\nTừ khi hub chạy ({show(trouble.get('since'))}) / since the hub started: " +
-                 "; ".join(f"{trouble_vi(k)} {v}" for k, v in sorted(counts.items())))
+    counters = view.get("counters") or {}
+    trouble = [(trouble_vi(k), v) for k, v in sorted((counters.get("counts") or {}).items())
+               if v and trouble_vi(k)]
+    if trouble:
+        line += (f"\nTừ khi hub chạy ({show(counters.get('since'))}) / since the hub started: " +
+                 "; ".join(f"{name} {v}" for name, v in trouble))
     return line
 
 
+# the hub's counters that mean something went wrong (hub/link.py), besides refusals
 TROUBLE_VI = {"errors": "lỗi khi xử lý tin", "audio.push_interrupted": "lần đẩy âm thanh bị ngắt",
               "audio.chunks_not_sent": "đoạn âm thanh chưa gửi được"}
 
 
-def trouble_vi(counter: str) -> str:
-    """A hub counter's name for people: refusals by reason, the rest by TROUBLE_VI."""
+def trouble_vi(counter: str) -> str | None:
+    """A hub counter's name for people if it means something went wrong: refusals by reason
+    (not ``refused.not_stored``, the repeats not stored), the rest by TROUBLE_VI."""
     if counter.startswith("refused."):
         reason = counter.split(".", 1)[1]
-        return f"từ chối: {REFUSALS_VI.get(reason, reason)}"
-    return TROUBLE_VI.get(counter, counter)
+        return None if reason == "not_stored" else f"từ chối: {REFUSALS_VI.get(reason, reason)}"
+    return TROUBLE_VI.get(counter)
 
 
 def _ago(seconds: float | None) -> str:

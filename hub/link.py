@@ -430,8 +430,10 @@ class HubLink:
                 self.store.record_refusal(now, sid, msg.topic, r.reason.value, r.detail)
         except Exception as exc:
             self._count("errors")
-            log.exception("handling %s failed", msg.topic)
-            self.store.record_refusal(now, sid, msg.topic, "error", f"{type(exc).__name__}: {exc}")
+            if self._refusal_row_due(sid, "error"):  # a message that trips a bug, repeated
+                log.exception("handling %s failed", msg.topic)
+                self.store.record_refusal(now, sid, msg.topic, "error",
+                                          f"{type(exc).__name__}: {exc}")
 
     def _refusal_row_due(self, sid: str | None, reason: str) -> bool:
         mono = self.clock.monotonic()

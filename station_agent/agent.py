@@ -91,7 +91,6 @@ class Agent:
         self.topics = Topics(cfg.prefix)
         self.store = StationStore(cfg.data_dir)
         self.alarm_book = Alarms(self.store, self.clock)
-        self.alarm = self.alarm_book.set
         self.signer = Signer.load(cfg.station_key, f"station:{self.id}").cached()  # kid once
         self.hub_keys = self._load_hub_keys()
         self._parked: collections.deque = collections.deque(maxlen=20)  # signed by a key
@@ -103,7 +102,7 @@ class Agent:
         self.runner = Runner(store=self.store, board=self.board, player=self.player,
                              clock=self.clock, warmup_ms=cfg.warmup_ms,
                              power_good_timeout_ms=cfg.power_good_timeout_ms,
-                             alarm=self.alarm, stream_stall_s=cfg.stream_stall_s,
+                             alarm=self.alarm_book.set, stream_stall_s=cfg.stream_stall_s,
                              hold_ms=cfg.amp_hold_ms, selftest_at=cfg.selftest_at,
                              preroll=cfg.preroll)
         floor = self.store.get("hub.time_floor")
@@ -152,7 +151,7 @@ class Agent:
         self._time_nonce: str | None = None
         self.link_rtt_ms: int | None = None
         self.health = probes.HealthModel(
-            debounce=2, on_change=lambda name, status, detail: self.alarm(
+            debounce=2, on_change=lambda name, status, detail: self.alarm_book.set(
                 f"health.{name}", status in ("degraded", "fault"), detail),
             held={code[7:] for code in self.alarm_book.held() if code.startswith("health.")})
         self.modem = probes.ModemProbe()
@@ -424,7 +423,7 @@ class Agent:
         return self.alarm_book.copy()
 
     def _clock_changed(self, change) -> None:
-        self.alarm("clock", not change.trusted, change.detail)
+        self.alarm_book.set("clock", not change.trusted, change.detail)
         if not change.trusted:
             self._ask_time()
         else:

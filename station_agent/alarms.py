@@ -79,11 +79,8 @@ def recheck_after_restart(alarms: Alarms, *, store: StationStore, min_free_bytes
         free = shutil.disk_usage(store.audio_dir).free
         if free >= min_free_bytes:
             alarms.set("disk_full", False, f"{free // 2**20} MiB free")
-    if "emergency_message" in held:
-        active = store.active_bundle()
-        sha = (active[1] if active else {}).get("emergency")
-        if sha and store.has_audio(sha):
-            alarms.set("emergency_message", False, "")
+    if "emergency_message" in held and store.emergency_held():
+        alarms.set("emergency_message", False, "")
     if "audio_device" in held and device_ok is not None:
         failure = device_ok()
         if failure:

@@ -96,7 +96,7 @@ class Panel:
         if source != "button":
             data.update(source=source, by=by)
         self.store.event("button", data, now)
-        held = self.emergency_held() if pressed and name == "emergency" else None
+        held = self.store.emergency_held() if pressed and name == "emergency" else None
         e = controls.press(name, pressed, source, held)
         if e.kind == "stop":
             self.runner.stop(e.reason)
@@ -106,13 +106,6 @@ class Panel:
             self.alarms.set("emergency_message", True, e.reason)
         elif e.kind == "live_mic":
             self.runner.toggle_live_mic(self.live_mic_timeout_s)
-
-    def emergency_held(self) -> str | None:
-        """The active programme's emergency message, if the station holds it (it is
-        hash-checked again before it goes on air)."""
-        active = self.store.active_bundle()
-        sha = (active[1] if active else {}).get("emergency")
-        return sha if sha and self.store.has_audio(sha) else None
 
     def sim_faults(self) -> None:
         """A running simulated station takes the faults `loaxa agent fault` writes."""

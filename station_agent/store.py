@@ -198,6 +198,13 @@ class StationStore:
     def active_bundle(self) -> tuple[int, dict] | None:
         return self._bundle("active")
 
+    def emergency_held(self) -> str | None:
+        """The active programme's emergency message, if this station holds its audio (it is
+        hash-checked again before it goes on air)."""
+        active = self.active_bundle()
+        sha = (active[1] if active else {}).get("emergency")
+        return sha if sha and self.has_audio(sha) else None
+
     def _bundle(self, state: str) -> tuple[int, dict] | None:
         """Asked for many times a step: read once and kept until ``save_bundle`` or
         ``activate`` (this store is its database's only writer) changes it. Do not modify the
